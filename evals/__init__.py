@@ -1,0 +1,1 @@
+"""lm-eval integration (the only package that imports lm_eval)."""

@@ -1,0 +1,1 @@
+"""Experiment orchestration for comparing normalization placements."""

@@ -1,0 +1,293 @@
+"""Run configuration: frozen, typed dataclasses, validated once at the edge (YAML, key=value).
+
+A problem in user input becomes a ConfigError whose lines each say where (file and dotted key),
+what was expected and what arrived. YAML 1.1 reads `1e-3` as a string: numeric strings are coerced
+to the declared float/int type, anything else is rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from models import SIZES, ConfigError, ModelConfig
+from models.placements import get_placement
+
+Precision = Literal["32", "bf16-mixed", "16-mixed"]
+Strategy = Literal["auto", "ddp", "fsdp"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # "synthetic" (built in), local files (a file, directory or glob of .txt/.jsonl/.json/.parquet,
+    # optionally .gz/.xz compressed), or "hf:<dataset>[:<config>]" through `datasets`.
+    source: str = "synthetic"
+    # held-out text for the eval loss: same forms as source; None holds out a slice of `source`
+    eval_source: str | None = None
+    eval_fraction: float = 0.01  # share of documents held out when eval_source is None
+    # "byte", "tiktoken:<encoding>", "hf:<name>", or "files:<dir>" (GPT-2 style encoder.json +
+    # vocab.bpe, vocab.json + merges.txt, or tokenizer.json)
+    tokenizer: str = "byte"
+    text_field: str = "text"
+    split: str = "train"  # split of an hf: source
+    eval_split: str = "validation"  # split of an hf: eval_source
+    streaming: bool = False  # stream an hf: source instead of downloading it whole
+    max_tokens: int | None = None  # tokens taken from the training source (None: all)
+    eval_tokens: int = 1 << 18  # tokens kept for the eval loss
+    synthetic_docs: int = 20_000  # documents of the built-in synthetic corpus
+    cache_dir: str = ".cache/periln"
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seq_len: int = 128
+    batch_size: int = 16  # sequences per device per micro-step
+    accumulate: int = 1
+    max_steps: int = 200
+    tokens: int | None = None  # if set, the budget in tokens; it then defines max_steps
+    warmup_fraction: float = 0.05  # ours: linear warmup over this share of the steps
+    min_lr_ratio: float = 0.1  # ours: cosine decays to this fraction of the peak LR
+    weight_decay: float = 0.1  # ours; applied to 2-D weights only
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+    precision: Precision = "32"
+    val_every: int = 50  # steps between eval-loss measurements
+    val_batches: int = 4
+    log_every: int = 10
+    ckpt_every: int = 100
+    devices: int = 1
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    strategy: Strategy = "auto"
+    compile: bool = False
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    placement: str = "pre_ln"
+    placement_args: Mapping[str, Any] = field(default_factory=dict)
+    size: str = "tiny"
+    lr: float = 1e-3
+    seed: int = 0
+    # ModelConfig fields that override the size's (e.g. norm, qk_norm, n_kv_heads, init_scheme)
+    model: Mapping[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: str = "default"  # the experiment this run belongs to
+    out_dir: str = "runs"  # the run lives in <out_dir>/<sweep>/<key>
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "placement_args", MappingProxyType(dict(self.placement_args)))
+        object.__setattr__(self, "model", MappingProxyType(dict(self.model)))
+
+    @property
+    def key(self) -> str:
+        """Run identity: <placement>[_<arg><value>...]-<size>-lr<lr>-s<seed>."""
+        args = "".join(f"_{k}{_fmt(v)}" for k, v in sorted(self.placement_args.items()))
+        return f"{self.placement}{args}-{self.size}-lr{_fmt(self.lr)}-s{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.sweep / self.key
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        return ModelConfig(vocab_size=vocab_size, max_seq_len=self.train.seq_len,
+                           placement=self.placement, placement_args=self.placement_args,
+                           **{**SIZES[self.size], **self.model})
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(self)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+# ---------------------------------------------------------------------------------------- parsing
+
+def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        opts = typing.get_args(tp)
+        if value is None and type(None) in opts:
+            return None
+        inner = [t for t in opts if t is not type(None)]
+        return _coerce(value, inner[0], where, problems)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        text = str(value) if isinstance(value, (int, float, str)) else value
+        if text not in allowed:
+            problems.append(f"{where}: expected one of {', '.join(map(str, allowed))}; got {value!r}")
+        return text
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            problems.append(f"{where}: expected a mapping of {tp.__name__} fields; got {value!r}")
+            return tp()
+        return _build(tp, value, where, problems)
+    if origin in (Mapping, dict) or tp in (Mapping, dict):
+        if not isinstance(value, Mapping):
+            problems.append(f"{where}: expected a mapping; got {value!r}")
+            return {}
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{where}: expected true or false; got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                value = float(value.strip())
+            except ValueError:
+                problems.append(f"{where}: expected a number; got {value!r}")
+                return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            problems.append(f"{where}: expected {tp.__name__}; got {value!r}")
+            return value
+        if tp is int:
+            if value != int(value):
+                problems.append(f"{where}: expected an integer; got {value!r}")
+            return int(value)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            problems.append(f"{where}: expected a string; got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, data: Mapping[str, Any], where: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if not where.endswith(":") else f"{where} {key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
+            problems.append(f"{path}: unknown key{hint}")
+            continue
+        kwargs[key] = _coerce(value, hints[key], path, problems)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        problems.append(f"{where}: {err}")
+        return cls()
+
+
+MODEL_OVERRIDES = tuple(f.name for f in fields(ModelConfig)
+                        if f.name not in ("vocab_size", "max_seq_len", "placement", "placement_args"))
+
+
+def _check_run(cfg: RunConfig, where: str, problems: list[str]) -> RunConfig:
+    """Cross-field checks; returns cfg with its model overrides coerced to ModelConfig's types."""
+    try:
+        get_placement(cfg.placement, **cfg.placement_args)
+    except ConfigError as err:
+        problems.append(f"{where} placement: {err}")
+    if cfg.size not in SIZES:
+        close = difflib.get_close_matches(cfg.size, SIZES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        problems.append(f"{where} size: unknown size {cfg.size!r}; {hint}known: {', '.join(SIZES)}")
+    hints = typing.get_type_hints(ModelConfig)
+    model = {}
+    for key, value in cfg.model.items():
+        if key not in MODEL_OVERRIDES:
+            close = difflib.get_close_matches(key, MODEL_OVERRIDES, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(MODEL_OVERRIDES)}"
+            problems.append(f"{where} model.{key}: unknown model field; {hint}")
+        else:
+            model[key] = _coerce(value, hints[key], f"{where} model.{key}", problems)
+    cfg = dataclasses.replace(cfg, model=model)
+    if not problems:
+        try:
+            cfg.model_config(vocab_size=257)
+        except ConfigError as err:
+            problems.append(f"{where} {err}")
+    t = cfg.train
+    for name in ("seq_len", "batch_size", "accumulate", "max_steps", "devices", "num_nodes",
+                 "val_every", "val_batches", "log_every", "ckpt_every"):
+        if getattr(t, name) < 1:
+            problems.append(f"{where} train.{name}: must be >= 1; got {getattr(t, name)}")
+    if not cfg.lr > 0:
+        problems.append(f"{where} lr: must be > 0; got {cfg.lr}")
+    return cfg
+
+
+def run_config_from_dict(data: Mapping[str, Any], where: str) -> RunConfig:
+    """A validated RunConfig from plain data; all problems reported together, one per line."""
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of run settings; got {type(data).__name__}")
+    cfg = _build(RunConfig, data, f"{where}:", problems)
+    if not problems:
+        cfg = _check_run(cfg, where + ":", problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return cfg
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {part!r} is not a section")
+    node[last] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` strings (dotted keys, YAML values) as a nested dict."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.max_steps=100")
+        key, raw = item.split("=", 1)
+        set_dotted(out, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; check the path")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{at} not valid YAML ({getattr(err, 'problem', err)})") from None
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    data = read_yaml(path) if path else {}
+    data = deep_merge(data, parse_overrides(list(overrides)))
+    return run_config_from_dict(data, str(path) if path else "command line")

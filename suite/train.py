@@ -1,0 +1,164 @@
+"""Training one run: the LightningModule every placement shares, and `train(RunConfig)`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import yaml
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+
+from models import build_model
+from suite.config import RunConfig, run_config_from_dict
+from suite.data import TokenData
+
+
+def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay from 1 to `floor` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class LitLM(L.LightningModule):
+    """Next-token language modelling for any placement: the model comes from the run's config."""
+
+    def __init__(self, run: dict[str, Any], vocab_size: int) -> None:
+        super().__init__()
+        # plain data, so checkpoints load without this code's classes (and hparams are readable)
+        self.save_hyperparameters()
+        self.cfg = run_config_from_dict(run, "checkpoint hyperparameters")
+        self.model = build_model(self.cfg.model_config(vocab_size))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(tokens)
+
+    def _loss(self, batch: torch.Tensor) -> torch.Tensor:
+        inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
+        logits = self.model(inputs)  # (B, T, V)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch), prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self):
+        t = self.cfg.train
+        params = [p for p in self.parameters() if p.requires_grad]
+        # weight decay on 2-D weights only: norms' gains (and any bias) are not decayed
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps,
+                                fused=self.device.type == "cuda")
+        warmup = max(1, round(t.warmup_fraction * t.max_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, t.max_steps, warmup, t.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # Clip here rather than through Trainer(gradient_clip_val) so the pre-clip norm that
+        # clip_grad_norm_ returns is logged without a second pass over the gradients.
+        max_norm = self.cfg.train.grad_clip or float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        self.log("train/grad_norm", norm)
+
+
+class Throughput(Callback):
+    """Tokens per second over each logging interval (host clock: no device sync in the step)."""
+
+    def __init__(self, tokens_per_step: int, every: int) -> None:
+        self.tokens_per_step, self.every = tokens_per_step, every
+        self._t0: float | None = None
+        self._step0 = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self._t0 is None:  # first step includes warm-up (compilation, allocation): not counted
+            self._t0, self._step0 = time.perf_counter(), step
+            return
+        if step - self._step0 >= self.every:
+            now = time.perf_counter()
+            rate = (step - self._step0) * self.tokens_per_step / (now - self._t0)
+            pl_module.log("train/tokens_per_s", rate)
+            self._t0, self._step0 = now, step
+
+
+def trainer_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    t = cfg.train
+    return dict(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, max_steps=t.max_steps, accumulate_grad_batches=t.accumulate,
+        val_check_interval=t.val_every * t.accumulate, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, log_every_n_steps=t.log_every, enable_progress_bar=t.progress_bar,
+        enable_model_summary=False, use_distributed_sampler=False,  # StepSampler shards by rank
+        deterministic=False,
+    )
+
+
+def tokens_per_step(cfg: RunConfig) -> int:
+    t = cfg.train
+    return t.seq_len * t.batch_size * t.accumulate * t.devices * t.num_nodes
+
+
+def resolve_budget(cfg: RunConfig) -> RunConfig:
+    """A token budget (train.tokens) fixes max_steps."""
+    import dataclasses
+
+    if cfg.train.tokens is None:
+        return cfg
+    steps = max(1, cfg.train.tokens // tokens_per_step(cfg))
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None) -> dict[str, Any]:
+    """Train (or resume) one run in this process; returns its summary (also in result.json)."""
+    cfg = resolve_budget(cfg)
+    # data and tokenizer first: bad input fails here, before anything is written for the run
+    data = TokenData(cfg)
+    data.prepare_data()
+    run_dir = cfg.run_dir
+    ckpt_dir = run_dir / "checkpoints"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    lit = LitLM(cfg.to_dict(), data.tokenizer.vocab_size)
+    last = ckpt_dir / "last.ckpt"
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", auto_insert_metric_name=False,
+                                 every_n_train_steps=cfg.train.ckpt_every, save_top_k=1, save_last=True)
+    if logger is None:
+        logger = L.pytorch.loggers.CSVLogger(run_dir, name="logs")
+    trainer = L.Trainer(
+        default_root_dir=run_dir, logger=logger,
+        callbacks=[checkpoint, LearningRateMonitor("step"),
+                   Throughput(tokens_per_step(cfg), cfg.train.log_every), *callbacks],
+        **trainer_kwargs(cfg))
+    start = time.perf_counter()
+    trainer.fit(lit, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    trainer.save_checkpoint(last)  # the final state, whatever the checkpoint interval
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    result = dict(key=cfg.key, status="finished", step=trainer.global_step,
+                  train_loss=metrics.get("train/loss"), val_loss=metrics.get("val/loss"),
+                  checkpoint=str(last), seconds=round(time.perf_counter() - start, 2),
+                  tokens_per_s=metrics.get("train/tokens_per_s"))
+    if trainer.global_rank == 0:
+        write_atomic(run_dir / "result.json", json.dumps(result, indent=1))
+    return result
