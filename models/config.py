@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 NormKind = Literal["layernorm", "rmsnorm"]
 
@@ -83,7 +84,7 @@ class ModelConfig:
     def padded_vocab(self) -> int:
         return -(-self.vocab_size // self.pad_vocab_to) * self.pad_vocab_to
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values.update(changes)
         return ModelConfig(**values)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from models import ConfigError
 
@@ -44,6 +44,24 @@ def _train(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
+@command("demo", "the end-to-end demo on embedded defaults (CPU or one GPU, no internet)", "periln demo")
+def _demo(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("--out", default="results/demo", help="where the demo's runs go")
+
+    def run(args: argparse.Namespace) -> int:
+        from suite.config import load_run_config
+        from suite.train import train
+
+        cfg = load_run_config(None, [f"out_dir={args.out}/runs", "sweep=demo", "placement=peri_ln",
+                                     "lr=3e-3", "train.max_steps=200"])
+        result = train(cfg)
+        print(f"demo: {result['key']} trained {result['step']} steps in {result['seconds']:.0f} s, "
+              f"eval loss {result['val_loss']:.3f}; run directory {cfg.run_dir}")
+        return 0
+
+    return run
+
+
 @command("placements", "list the registered placements with their equations", "periln placements")
 def _placements(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--markdown", action="store_true", help="a Markdown table (the README's)")
@@ -76,8 +94,8 @@ def _sizes(p: argparse.ArgumentParser) -> Handler:
 
         print("Dimensions are ours: the paper publishes only the parameter counts. Non-embedding = "
               "without token embedding and LM head (pre_ln, untied).")
-        head = f"{'size':<10}{'d_model':>8}{'layers':>7}{'heads':>6}{'d_ff':>6}{'non-emb':>10}{'nominal':>9}{'off':>7}{'total':>10}"
-        print(head)
+        print(f"{'size':<10}{'d_model':>8}{'layers':>7}{'heads':>6}{'d_ff':>6}{'non-emb':>10}"
+              f"{'nominal':>9}{'off':>7}{'total':>10}")
         for name, dims in SIZES.items():
             cfg = ModelConfig(vocab_size=args.vocab, **dims)
             with _meta_device():

@@ -17,9 +17,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import lightning as L
 import numpy as np
@@ -45,6 +45,8 @@ def _files(spec: str) -> list[str]:
     if not paths:
         raise ConfigError(f"data source {spec!r}: no such file, directory or glob match; check the "
                           "path (or use 'synthetic' or 'hf:<dataset>')")
+    if all(os.path.getsize(p) == 0 for p in paths):
+        raise ConfigError(f"data source {spec!r}: every file is empty; no text found")
     return paths
 
 
@@ -63,11 +65,17 @@ def _builder(paths: list[str], spec: str) -> str:
 
 
 def _read_texts(ds: Iterable[dict], field: str, spec: str) -> Iterator[str]:
-    for row in ds:
-        if field not in row:
-            raise ConfigError(f"data source {spec!r}: records have no field {field!r} (fields: "
-                              f"{', '.join(row)}); set data.text_field")
-        yield row[field]
+    try:
+        for row in ds:
+            if field not in row:
+                raise ConfigError(f"data source {spec!r}: records have no field {field!r} (fields: "
+                                  f"{', '.join(row)}); set data.text_field")
+            yield row[field]
+    except ConfigError:
+        raise
+    except Exception as err:  # a malformed file surfaces deep inside datasets' readers
+        raise ConfigError(f"data source {spec!r}: cannot read its records ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'})") from None
 
 
 def documents(spec: str, cfg: DataConfig, role: str) -> Iterator[str]:

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,11 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from models import build_model
 from suite.config import RunConfig, run_config_from_dict
 from suite.data import TokenData
+
+# NOTE: StepSampler resumes mid-epoch from the restored global step (suite/data.py), which
+# Lightning cannot see; its warning about non-resumable dataloaders does not apply here.
+warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
 
 def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:

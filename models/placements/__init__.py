@@ -12,7 +12,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from models.config import ConfigError
 from models.placements.base import Block, BlockLayout, Placement, SubLayout

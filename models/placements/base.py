@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from models.config import ModelConfig
 from models.layers import (
-    MLP, Attention, Norm, init_normal, scale_output_projections, scaled_init_factor,
+    MLP,
+    Attention,
+    Norm,
+    init_normal,
+    scale_output_projections,
+    scaled_init_factor,
 )
 
 
@@ -100,9 +106,14 @@ class Placement:
     def make_norm(self, cfg: ModelConfig, dim: int, scale: float = 1.0) -> nn.Module:
         return Norm(cfg.norm, dim, cfg.norm_eps, scale)
 
+    def make_attention(self, cfg: ModelConfig, layer: int) -> nn.Module:
+        """The attention sub-layer of block `layer` (OLMo 2 and HybridNorm add q/k/v norms)."""
+        return Attention(cfg)
+
     def make_block(self, cfg: ModelConfig, layer: int) -> nn.Module:
         return Block(cfg, self.layout(layer, cfg.n_layers),
-                     lambda scale=1.0: self.make_norm(cfg, cfg.d_model, scale))
+                     lambda scale=1.0: self.make_norm(cfg, cfg.d_model, scale),
+                     attention=self.make_attention(cfg, layer))
 
     def embed_scale(self, cfg: ModelConfig) -> float:
         """Factor on the token embeddings (Gemma multiplies by sqrt(d))."""
