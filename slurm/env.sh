@@ -4,6 +4,8 @@
 # Honours PERILN_SLURM_DIR (the cluster's state directory), like the scripts.
 
 export PERILN_SLURM_DIR="${PERILN_SLURM_DIR:-/tmp/periln-slurm}"
+# Absolute, since the daemons run from / and slurm.conf holds these paths.
+case "$PERILN_SLURM_DIR" in /*) ;; *) PERILN_SLURM_DIR="$PWD/$PERILN_SLURM_DIR" ;; esac
 export SLURM_CONF="$PERILN_SLURM_DIR/slurm.conf"
 
 # Remove any earlier copy of the shim dir, then prepend it: the shim must come

@@ -24,13 +24,21 @@ MUNGE_SOCKET="$MUNGE_DIR/munge.socket"
 log() { echo "start-cluster: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# Prints the pid recorded in pid file $1 if that process is alive and is $2;
-# the name check guards against a stale pid file whose pid was reused.
+# True if process $1 is alive (not a zombie: a killed daemon can linger as
+# one here) and is named $2 (guards against a reused pid).
+is_running() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    # Format: "pid (comm) state ...".
+    [[ "$stat" == *"($2) "[!Z]" "* ]]
+}
+
+# Prints the pid recorded in pid file $1 if that process is alive and is $2.
 daemon_pid() {
     local pid
     [[ -r "$1" ]] || return 1
     pid="$(<"$1")"
-    [[ "$pid" =~ ^[0-9]+$ && -r "/proc/$pid/comm" && "$(<"/proc/$pid/comm")" == "$2" ]] || return 1
+    [[ "$pid" =~ ^[0-9]+$ ]] && is_running "$pid" "$2" || return 1
     echo "$pid"
 }
 
@@ -123,8 +131,7 @@ EOF
     mv "$tmp" "$SLURM_CONF"
 }
 
-# submitit reads job states with `sacct -o JobID,State,NodeList --parsable2 -j ID ...`.
-# The shim answers from slurmctld's job records, which keep finished jobs for MinJobAge.
+# submitit 1.5.4 polls `sacct -o JobID,State,NodeList --parsable2 -j ID [-j ID ...]`.
 write_sacct_shim() {
     local tmp="$STATE_DIR/bin/sacct.tmp"
     cat >"$tmp" <<'SHIM'
@@ -159,9 +166,10 @@ format="${format:-JobID,JobName,Partition,State,NodeList}"
 
 # Unit separator between squeue fields: job names may contain '|' or spaces.
 us=$'\x1f'
-squeue --all --states=all --noheader --sort=i \
-    --format="%F${us}%A${us}%i${us}%T${us}%N${us}%j${us}%P${us}%u" |
-    awk -F "$us" -v jobs="${jobs#,}" -v format="$format" -v mode="$sep_mode" -v header="$header" '
+# Captured first: when slurmctld is down, exit non-zero with no partial output.
+rows="$(squeue --all --states=all --noheader --sort=i \
+    --format="%F${us}%A${us}%i${us}%T${us}%N${us}%j${us}%P${us}%u")"
+printf '%s\n' "$rows" | awk -F "$us" -v jobs="${jobs#,}" -v format="$format" -v mode="$sep_mode" -v header="$header" '
 BEGIN {
     # sacct field name (lower case) -> canonical name and squeue column.
     split("jobid:JobID:3 jobidraw:JobIDRaw:2 state:State:4 nodelist:NodeList:5 jobname:JobName:6 partition:Partition:7 user:User:8", defs, " ")
@@ -200,6 +208,7 @@ function emit(v,    i, line) {
     }
     print line
 }
+NF < 8 { next }  # the empty line printed when there are no jobs
 {
     for (i = 1; i <= 8; i++) gsub(/^ +| +$/, "", $i)
     # -j N matches a job, all tasks of array N, or the array task whose own
@@ -219,7 +228,6 @@ start_munged() {
     daemon_pid "$RUN_DIR/munged.pid" munged >/dev/null && return 0
     if [[ ! -s "$MUNGE_DIR/munge.key" ]]; then
         /usr/sbin/mungekey --create --keyfile="$MUNGE_DIR/munge.key"
-        chmod 600 "$MUNGE_DIR/munge.key"
     fi
     log "starting munged"
     # A leftover socket from an unclean stop makes munged refuse to start.
