@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from models.config import ModelConfig
 from models.placements import get_placement
@@ -25,6 +26,8 @@ class Transformer(nn.Module):
         p.init_weights(self, cfg)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        # recompute each block's activations in the backward (train.activation_checkpointing)
+        self.checkpoint_blocks = False
 
     def forward(self, tokens: torch.Tensor, return_hidden: bool = False):
         """tokens (B, T) int64 -> logits (B, T, vocab_size) [, hidden: n_layers + 1 x (B, T, d)]."""
@@ -33,8 +36,9 @@ class Transformer(nn.Module):
             x = x * self.embed_scale
         x = self.embed_norm(x)
         hidden = [x] if return_hidden else None
+        recompute = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
             if hidden is not None:
                 hidden.append(x)
         logits = self.lm_head(self.final_norm(x))  # (B, T, padded_vocab)

@@ -36,28 +36,37 @@ def _train(p: argparse.ArgumentParser) -> Handler:
 
         cfg = load_run_config(args.config, args.overrides)
         result = train(cfg)
-        print(f"{result['key']}: step {result['step']}, train loss {result['train_loss']:.4f}, "
-              f"eval loss {result['val_loss']:.4f}, {result['tokens_per_s'] or 0:,.0f} tokens/s; "
+        # a diverged run (suite/diagnostics.py) is a result, not an error: say so, exit 0
+        status = (f"DIVERGED at step {result['diverged_step']} ({result['diverged_reason']}); "
+                  if result.get("status") == "diverged" else "")
+        val = "-" if result["val_loss"] is None else f"{result['val_loss']:.4f}"
+        print(f"{result['key']}: {status}step {result['step']}, train loss {result['train_loss']:.4f}, "
+              f"eval loss {val}, {result['tokens_per_s'] or 0:,.0f} tokens/s; "
               f"run directory {cfg.run_dir}")
         return 0
 
     return run
 
 
-@command("demo", "the end-to-end demo on embedded defaults (CPU or one GPU, no internet)", "periln demo")
+@command("demo", "the end-to-end demo: smoke sweep, MLflow, offline evals, tables and figures "
+         "(CPU, no internet)", "periln demo --out results/demo")
 def _demo(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("--out", default="results/demo", help="where the demo's runs go")
+    p.add_argument("--out", default="results/demo", help="the demo's folder: runs, store, tables, figures")
+    p.add_argument("--sweep", default=None, help="sweep file (default sweeps/smoke.yaml)")
+    p.add_argument("--only", action="append", default=[], metavar="field=value",
+                   help="only the matching cells (repeatable), e.g. --only seed=0")
+    p.add_argument("--eval-limit", type=int, default=100, help="benchmark items per task (default 100)")
+    p.add_argument("--parallel", type=int, help="cells at a time (default: one per CPU core)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="settings for every cell, e.g. train.max_steps=50")
 
     def run(args: argparse.Namespace) -> int:
-        from suite.config import load_run_config
-        from suite.train import train
+        from suite.demo import SMOKE, run_demo, summary
 
-        cfg = load_run_config(None, [f"out_dir={args.out}/runs", "sweep=demo", "placement=peri_ln",
-                                     "lr=3e-3", "train.max_steps=200"])
-        result = train(cfg)
-        print(f"demo: {result['key']} trained {result['step']} steps in {result['seconds']:.0f} s, "
-              f"eval loss {result['val_loss']:.3f}; run directory {cfg.run_dir}")
-        return 0
+        result = run_demo(args.out, args.sweep or SMOKE, args.overrides, args.only, args.eval_limit,
+                          parallel=args.parallel, say=lambda line: print(line, flush=True))
+        print(summary(result))
+        return 1 if result["errors"] else 0
 
     return run
 
@@ -110,6 +119,297 @@ def _sizes(p: argparse.ArgumentParser) -> Handler:
     return run
 
 
+# ------------------------------------------------------------- downstream tasks (evals/, lm-eval)
+
+@command("eval", "score a checkpoint on ARC, HellaSwag, PIQA, SIQA, Winogrande with lm-eval "
+         "(scores to <run_dir>/eval.json)",
+         "periln eval runs/default/peri_ln-tiny-lr0.001-s0 --limit 50 --data-dir data/benchmarks/")
+def _eval(p: argparse.ArgumentParser) -> Handler:
+    from evals.cli import add_eval_arguments, run_eval
+
+    add_eval_arguments(p)
+    return run_eval
+
+
+@command("data", "task data: fetch the evaluation sets from the hub, or write synthetic ones",
+         "periln data fetch-benchmarks data/benchmarks/")
+def _data(p: argparse.ArgumentParser) -> Handler:
+    from evals.cli import add_data_arguments, run_data
+
+    add_data_arguments(p)
+    return run_data
+
+
+# ------------------------------------------------------- sweeps: plan, submit, status (suite/launch.py)
+
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sweep", metavar="SWEEP", help="sweep file, e.g. sweeps/smoke.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="settings for every cell, right after SWEEP, e.g. out_dir=/scratch/runs")
+
+
+@command("plan", "a sweep's cells, counts per axis and cost (tokens, GPU-hours)",
+         "periln plan sweeps/paper.yaml --mfu 0.4")
+def _plan(p: argparse.ArgumentParser) -> Handler:
+    _sweep_args(p)
+    p.add_argument("--only", action="append", default=[], metavar="field=value",
+                   help="only the matching cells (repeatable), e.g. --only size=400m")
+    p.add_argument("--mfu", type=float, default=None, help="model FLOPs utilization (default 0.4: ours)")
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="peak dense TFLOP/s per GPU (default 989: H100 SXM bf16)")
+
+    def run(args: argparse.Namespace) -> int:
+        from suite.sweep import DEFAULT_MFU, format_plan, load_sweep
+
+        sweep = load_sweep(args.sweep, args.overrides)
+        print(format_plan(sweep, sweep.select(args.only), args.mfu or DEFAULT_MFU, args.peak_tflops * 1e12))
+        return 0
+
+    return run
+
+
+@command("submit", "submit a sweep's unfinished cells (local | debug | slurm), recorded in MLflow",
+         "periln submit sweeps/paper.yaml --executor slurm --profile slurm/profiles/example.yaml")
+def _submit(p: argparse.ArgumentParser) -> Handler:
+    _sweep_args(p)
+    p.add_argument("--executor", default="local", help="local (this machine, default), debug "
+                   "(in this process) or slurm (one job array)")
+    p.add_argument("--profile", help="submitit parameters, e.g. slurm/profiles/local.yaml")
+    p.add_argument("--only", action="append", default=[], metavar="field=value",
+                   help="only the matching cells (repeatable), e.g. --only placement=peri_ln")
+    p.add_argument("--dry-run", action="store_true",
+                   help="show what would be submitted (and the sbatch script); submit nothing")
+    p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else "
+                   "sqlite <out_dir>/mlflow.db)")
+    p.add_argument("--parallel", type=int, help="local: cells at a time (default: CPUs / cpus_per_task)")
+    p.add_argument("--wait", action="store_true", help="slurm: wait until every job has ended")
+    _best_lr_args(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from suite.launch import cell_states, submit, wait
+        from suite.sweep import load_sweep
+
+        sweep = _best_lr_sweep(load_sweep(args.sweep, args.overrides), args)
+        sub = submit(sweep, args.executor, args.profile, args.only, args.dry_run, args.tracking_uri,
+                     parallel=args.parallel, progress=print)
+        for key, why in sub.plan.skip.items():
+            print(f"skip   {key}: {why}")
+        for cell in sub.plan.submit:
+            what = "resume" if cell.key in sub.plan.resume else "new   "
+            job = f"  (job {sub.job_ids[cell.key]})" if cell.key in sub.job_ids else ""
+            print(f"{what} {cell.key}{job}")
+        print(f"{len(sub.plan.submit)} submitted, {len(sub.plan.skip)} skipped in {sub.seconds:.2f} s; "
+              f"MLflow store {sub.tracking_uri}")
+        if args.dry_run:
+            if sub.script:
+                print(f"--- sbatch script (dry run, in {sub.folder}) ---\n{sub.script}")
+            return 0
+        if args.executor == "slurm":
+            if args.wait and sub.job_ids:
+                wait(sub)
+                counts: dict[str, int] = {}
+                for r in cell_states(sweep, args.tracking_uri):
+                    counts[r.state] = counts.get(r.state, 0) + 1
+                print("jobs ended; cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+                return 1 if counts.get("failed") else 0
+            if sub.job_ids:
+                print(f"follow with: periln status {' '.join([args.sweep, *args.overrides])}")
+            return 0
+        return 1 if sub.errors else 0
+
+    return run
+
+
+def _best_lr_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--best-lr-from", nargs="?", const="", metavar="SEARCH",
+                   help="the cells: each (placement, size) at the best lr of its study (periln search); "
+                   "SEARCH: the search's sweep file (default: SWEEP itself) or its journal file")
+    p.add_argument("--seeds", type=int, metavar="N", help="with --best-lr-from: seeds 0..N-1 "
+                   "(default: the sweep's seeds)")
+
+
+def _best_lr_sweep(sweep, args: argparse.Namespace):
+    """The sweep with its cells replaced by the seed cells at the best lrs (suite.search)."""
+    if args.best_lr_from is None:
+        if args.seeds is not None:
+            raise ConfigError("--seeds N goes with --best-lr-from (seeds at the best lr of a search)")
+        return sweep
+    import dataclasses
+
+    from suite.search import seed_cells
+    from suite.sweep import load_sweep
+
+    source = args.best_lr_from or args.sweep
+    if source.endswith((".yaml", ".yml")):
+        source = sweep if source == args.sweep else load_sweep(source, args.overrides)
+    seeds = list(range(args.seeds)) if args.seeds is not None else None
+    if seeds is not None and not seeds:
+        raise ConfigError("--seeds: expected N >= 1")
+    return dataclasses.replace(sweep, cells=tuple(seed_cells(sweep, source, seeds)))
+
+
+@command("search", "tune the learning rate: one Optuna study per (placement, size), K workers "
+         "(local | debug | slurm)", "periln search sweeps/search_smoke.yaml --workers 2")
+def _search(p: argparse.ArgumentParser) -> Handler:
+    _sweep_args(p)
+    p.add_argument("--executor", default="local", help="local (this machine, default), debug "
+                   "(in this process) or slurm (one job array of K workers)")
+    p.add_argument("--profile", help="submitit parameters, e.g. slurm/profiles/local.yaml")
+    p.add_argument("--workers", type=int, metavar="K", help="worker jobs pulling trials (default: "
+                   "the sweep's search.workers)")
+    p.add_argument("--only", action="append", default=[], metavar="field=value",
+                   help="only the studies of the matching cells, e.g. --only placement=peri_ln")
+    p.add_argument("--tracking-uri", help="MLflow store (default as for submit)")
+    p.add_argument("--out", help="folder for search.csv and the plots (default results/<sweep name>/)")
+    p.add_argument("--wait", action="store_true", help="slurm: wait for the workers, then report")
+    p.add_argument("--report", action="store_true",
+                   help="start nothing: write search.csv and the plots from the studies as they are")
+
+    def run(args: argparse.Namespace) -> int:
+        import time
+        from pathlib import Path
+
+        from suite import search
+        from suite.launch import wait
+        from suite.sweep import load_sweep
+
+        start = time.perf_counter()
+        sweep = load_sweep(args.sweep, args.overrides)
+        out = args.out or f"results/{sweep.name}"
+        ran = None
+        if not args.report:
+            ran = search.search(sweep, args.executor, args.profile, args.workers, args.only,
+                                args.tracking_uri, progress=print)
+            if ran.workers == 0:
+                print("nothing to run: every trial has ended or is running")
+            if args.executor == "slurm" and ran.submission is not None:
+                print(f"storage {ran.storage}; follow with: periln search {args.sweep} --report")
+                if not args.wait:
+                    return 0
+                wait(ran.submission)
+        table, files = search.report(sweep, out)
+        for line in search.summary(sweep):
+            print(line)
+        if ran is not None:
+            print(f"search wall time {time.perf_counter() - start:.1f} s ({ran.workers} workers, "
+                  f"{args.executor}); storage {ran.storage}")
+        print(f"{len(table)} trials in {Path(out) / 'search.csv'}; plots in {Path(out) / 'search'}/")
+        errors = ran.submission.errors if ran is not None and ran.submission is not None else {}
+        return 1 if errors else 0
+
+    return run
+
+
+@command("status", "one row per cell: state, step, last loss, job id (exit 1 if any failed)",
+         "periln status sweeps/smoke.yaml")
+def _status(p: argparse.ArgumentParser) -> Handler:
+    _sweep_args(p)
+    p.add_argument("--tracking-uri", help="MLflow store (default as for submit)")
+    _best_lr_args(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from suite.launch import cell_states
+        from suite.sweep import load_sweep
+
+        sweep = _best_lr_sweep(load_sweep(args.sweep, args.overrides), args)
+        rows = cell_states(sweep, args.tracking_uri)
+        width = max(len(r.key) for r in rows) + 2
+        print(f"{'cell':<{width}}{'state':<13}{'step':>7}{'loss':>9}  job")
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.state] = counts.get(r.state, 0) + 1
+            loss = f"{r.loss:.4f}" if r.loss is not None else "-"
+            step = r.step if r.step is not None else "-"
+            note = f"  {r.note}" if r.note else ""
+            print(f"{r.key:<{width}}{r.state:<13}{step:>7}{loss:>9}  {r.job_id or '-'}{note}")
+        print(f"{len(rows)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        return 1 if counts.get("failed") else 0
+
+    return run
+
+
+@command("mlflow-ui", "start the MLflow UI (mlflow server) on 127.0.0.1 over a sweep's store",
+         "periln mlflow-ui sweeps/smoke.yaml --port 5000")
+def _mlflow_ui(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("sweep", nargs="?", metavar="SWEEP", help="sweep file whose out_dir holds the store")
+    p.add_argument("--out", default="runs", help="results directory without a SWEEP (default runs)")
+    p.add_argument("--tracking-uri", help="store URI (default: MLFLOW_TRACKING_URI, else sqlite)")
+    p.add_argument("--port", type=int, default=5000)
+
+    def run(args: argparse.Namespace) -> int:
+        import os
+
+        from suite.launch import mlflow_server_command
+        from suite.sweep import load_sweep
+
+        out = load_sweep(args.sweep).out_dir if args.sweep else args.out
+        cmd = mlflow_server_command(out, args.tracking_uri, args.port)
+        print(f"MLflow UI at http://127.0.0.1:{args.port} (Ctrl-C stops it):\n  {' '.join(cmd)}", flush=True)
+        os.execvp(cmd[0], cmd)
+
+    return run
+
+
+@command("tables", "regenerate a sweep's tables and figures from its records (MLflow, or runs.csv)",
+         "periln tables sweeps/smoke.yaml --out results/smoke/")
+def _tables(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("sweep", nargs="?", metavar="SWEEP", help="sweep file whose MLflow runs are exported "
+                   "(omit with --from-csv)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="as given to submit, e.g. out_dir=/scratch/runs (where the store is)")
+    p.add_argument("--out", help="folder for runs.csv, curves.csv, tables and figures "
+                   "(default results/<sweep name>/; with --from-csv, the CSV's folder)")
+    p.add_argument("--from-csv", metavar="RUNS_CSV", help="rebuild from this runs.csv (and the "
+                   "curves.csv beside it) without MLflow")
+    p.add_argument("--tracking-uri", help="MLflow store (default as for submit)")
+    p.add_argument("--commit", help="commit named in the headers (default: the commit the runs recorded)")
+    p.add_argument("--reference", help="the paper's numbers (default results/paper_reference.csv)")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from suite.tables import regenerate
+
+        sweep_name, uri = None, None
+        if args.from_csv:
+            out = args.out or str(Path(args.from_csv).parent)
+        else:
+            if not args.sweep:
+                raise ConfigError("give a sweep file (e.g. sweeps/smoke.yaml), or --from-csv runs.csv")
+            from suite import tracking
+            from suite.sweep import load_sweep
+
+            sweep = load_sweep(args.sweep, args.overrides)
+            sweep_name, uri = sweep.name, tracking.store_uri(sweep.out_dir, args.tracking_uri)
+            out = args.out or f"results/{sweep.name}"
+        files = regenerate(out, sweep_name, uri, args.from_csv, args.commit, args.reference,
+                           figures=not args.no_figures)
+        print(f"{len(files)} files in {out}/: " + ", ".join(sorted({f.name for f in files
+                                                                     if f.parent == Path(out)})))
+        figs = sorted(f.name for f in files if f.parent.name == "figures")
+        if figs:
+            print(f"figures in {Path(out) / 'figures'}/: {', '.join(figs)}")
+        return 0
+
+    return run
+
+
+@command("bench", "throughput, MFU, peak memory and step time of the real training step, per placement",
+         "periln bench --size 400m --placements pre_ln peri_ln --seq 2048 --batch 16 --json bench.json")
+def _bench(p: argparse.ArgumentParser) -> Handler:
+    from suite.bench import add_arguments
+
+    add_arguments(p)
+
+    def run(args: argparse.Namespace) -> int:
+        from suite.bench import run as bench
+
+        return bench(args)
+
+    return run
+
+
 def _meta_device():
     import torch
 
@@ -123,20 +423,25 @@ def _human(n: float) -> str:
     return str(int(n))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="periln", description=__doc__.split("\n")[0])
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `verb`'s arguments are set up (None: all), because a verb's set-up may
+    import heavy modules (Lightning, lm-eval) that the other verbs and `--help` do not need."""
+    parser = argparse.ArgumentParser(prog="periln", description=" ".join(__doc__.split()))
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     handlers = {}
     for name, (help, example, setup) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=f"{help}\n\nexample:\n  {example}",
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-        handlers[name] = setup(p)
+        if verb is None or name == verb:
+            handlers[name] = setup(p)
     parser.set_defaults(_handlers=handlers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(verb if verb in COMMANDS else None)
     args = parser.parse_args(argv)
     try:
         return args._handlers[args.verb](args)

@@ -23,7 +23,8 @@ import yaml
 from models import SIZES, ConfigError, ModelConfig
 from models.placements import get_placement
 
-Precision = Literal["32", "bf16-mixed", "16-mixed"]
+# "auto": bf16-mixed on a CUDA GPU that supports bf16, else "32" (suite.train.resolve_precision)
+Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 Strategy = Literal["auto", "ddp", "fsdp"]
 
 
@@ -63,7 +64,7 @@ class TrainConfig:
     beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
-    precision: Precision = "32"
+    precision: Precision = "auto"
     val_every: int = 50  # steps between eval-loss measurements
     val_batches: int = 4
     log_every: int = 10
@@ -72,8 +73,34 @@ class TrainConfig:
     num_nodes: int = 1
     accelerator: str = "auto"
     strategy: Strategy = "auto"
-    compile: bool = False
+    # torch.compile of the model and loss; "auto": on for CUDA, off on CPU (suite.train.resolve_compile)
+    compile: Literal["auto", True, False] = "auto"
+    activation_checkpointing: bool = False  # recompute each block in the backward (saves memory)
     progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class DiagnosticsConfig:
+    """The diagnostics callback (suite/diagnostics.py). Every default here is OURS: the paper does
+    not state its definitions (PAPER.md section 3, "Diagnostics")."""
+
+    enabled: bool = True
+    every: int = 50  # K: steps between probes (activations, per-block grads, norm gains) on a fixed batch
+    probe_batch: int = 4  # sequences of the first training batch kept as the fixed probe batch
+    spike_ratio: float = 5.0  # r: a step is a spike when its pre-clip grad norm > r x trailing median
+    spike_window: int = 50  # steps in the trailing median; no spike is counted before it is full
+    diverge_loss: float | None = None  # loss threshold; None: 1.2 x ln(vocab), 20% worse than uniform
+    diverge_patience: int = 50  # N: consecutive steps above the threshold that count as divergence
+    check_every: int = 10  # steps between host reads of loss/grad norm (the rules still see every step)
+
+    def __post_init__(self) -> None:
+        for name in ("every", "probe_batch", "spike_window", "diverge_patience", "check_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if not self.spike_ratio > 1:
+            raise ValueError(f"spike_ratio must be > 1; got {self.spike_ratio}")
+        if self.diverge_loss is not None and not self.diverge_loss > 0:
+            raise ValueError(f"diverge_loss must be > 0 (or null); got {self.diverge_loss}")
 
 
 @dataclass(frozen=True)
@@ -87,8 +114,12 @@ class RunConfig:
     model: Mapping[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     sweep: str = "default"  # the experiment this run belongs to
     out_dir: str = "runs"  # the run lives in <out_dir>/<sweep>/<key>
+    # appended to the run key (-<variant>) when a sweep's grid varies a field the key does not name
+    # (e.g. model.qk_norm); suite.sweep sets it, so every cell keeps a distinct identity
+    variant: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "placement_args", MappingProxyType(dict(self.placement_args)))
@@ -96,9 +127,10 @@ class RunConfig:
 
     @property
     def key(self) -> str:
-        """Run identity: <placement>[_<arg><value>...]-<size>-lr<lr>-s<seed>."""
+        """Run identity: <placement>[_<arg><value>...]-<size>-lr<lr>-s<seed>[-<variant>]."""
         args = "".join(f"_{k}{_fmt(v)}" for k, v in sorted(self.placement_args.items()))
-        return f"{self.placement}{args}-{self.size}-lr{_fmt(self.lr)}-s{self.seed}"
+        variant = f"-{self.variant}" if self.variant else ""
+        return f"{self.placement}{args}-{self.size}-lr{_fmt(self.lr)}-s{self.seed}{variant}"
 
     @property
     def run_dir(self) -> Path:
@@ -137,7 +169,10 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         return _coerce(value, inner[0], where, problems)
     if origin is Literal:
         allowed = typing.get_args(tp)
-        text = str(value) if isinstance(value, (int, float, str)) else value
+        # a bool stays a bool (Literal["auto", True, False]); numbers become their text ("32")
+        text = value
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            text = str(value)
         if text not in allowed:
             problems.append(f"{where}: expected one of {', '.join(map(str, allowed))}; got {value!r}")
         return text

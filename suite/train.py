@@ -17,8 +17,10 @@ import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
 from models import build_model
+from suite import fastpath
 from suite.config import RunConfig, run_config_from_dict
 from suite.data import TokenData
+from suite.diagnostics import Diagnostics
 
 # NOTE: StepSampler resumes mid-epoch from the restored global step (suite/data.py), which
 # Lightning cannot see; its warning about non-resumable dataloaders does not apply here.
@@ -43,18 +45,45 @@ class LitLM(L.LightningModule):
         self.save_hyperparameters()
         self.cfg = run_config_from_dict(run, "checkpoint hyperparameters")
         self.model = build_model(self.cfg.model_config(vocab_size))
+        # weight decay on 2-D weights only, decided before any wrapper (FSDP) flattens them
+        self._decay = {n for n, p in self.named_parameters() if p.ndim >= 2}
+        self._compiled_loss = None  # set by configure_model when train.compile resolves to on
+
+    def configure_model(self) -> None:
+        """The fast path (suite/fastpath.py): activation checkpointing and torch.compile."""
+        t, trainer = self.cfg.train, self._trainer
+        fsdp = trainer is not None and fastpath.is_fsdp(trainer.strategy)
+        device = trainer.strategy.root_device.type if trainer is not None else self.device.type
+        # FSDP checkpoints each block through its strategy (inside the FSDP unit)
+        self.model.checkpoint_blocks = t.activation_checkpointing and not fsdp
+        if device == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in fp32
+        if self._compiled_loss is not None or not fastpath.resolve_compile(t, device):
+            return
+        fastpath.use_compile_cache(self.cfg.data.cache_dir)
+        if fsdp:  # compiled one block at a time, inside its FSDP unit
+            for block in self.model.blocks:
+                block.compile(dynamic=False)
+            self._compiled_loss = self._loss_eager
+        else:  # the whole forward and the loss in one graph: model parameters keep their names
+            self._compiled_loss = torch.compile(self._loss_eager, dynamic=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model(tokens)
 
-    def _loss(self, batch: torch.Tensor) -> torch.Tensor:
-        inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
+    def _loss_eager(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = self.model(inputs)  # (B, T, V)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
+    def _loss(self, batch: torch.Tensor) -> torch.Tensor:
+        inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
+        return (self._compiled_loss or self._loss_eager)(inputs, targets)
+
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        # not prog_bar: Lightning would read it on the host every step (fastpath.LossBar shows it)
+        self.log("train/loss", loss)
+        self.last_loss = loss.detach()  # read by suite.diagnostics (no host sync)
         return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
@@ -62,10 +91,10 @@ class LitLM(L.LightningModule):
 
     def configure_optimizers(self):
         t = self.cfg.train
-        params = [p for p in self.parameters() if p.requires_grad]
+        named = [(fastpath.clean_name(n), p) for n, p in self.named_parameters() if p.requires_grad]
         # weight decay on 2-D weights only: norms' gains (and any bias) are not decayed
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        groups = [{"params": [p for n, p in named if n in self._decay], "weight_decay": t.weight_decay},
+                  {"params": [p for n, p in named if n not in self._decay], "weight_decay": 0.0}]
         opt = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(t.beta1, t.beta2), eps=t.adam_eps,
                                 fused=self.device.type == "cuda")
         warmup = max(1, round(t.warmup_fraction * t.max_steps))
@@ -77,8 +106,9 @@ class LitLM(L.LightningModule):
         # Clip here rather than through Trainer(gradient_clip_val) so the pre-clip norm that
         # clip_grad_norm_ returns is logged without a second pass over the gradients.
         max_norm = self.cfg.train.grad_clip or float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        norm = fastpath.clip_grad_norm(self, max_norm)  # the FSDP-correct global norm under FSDP
         self.log("train/grad_norm", norm)
+        self.last_grad_norm = norm  # pre-clip; read by suite.diagnostics (no host sync)
 
 
 class Throughput(Callback):
@@ -94,7 +124,9 @@ class Throughput(Callback):
         if self._t0 is None:  # first step includes warm-up (compilation, allocation): not counted
             self._t0, self._step0 = time.perf_counter(), step
             return
-        if step - self._step0 >= self.every:
+        # on the logging steps (step % log_every == 0), so that on a GPU the one host sync that
+        # logging costs is shared with Lightning's own logging rather than added in other steps
+        if step % self.every == 0 and step > self._step0:
             now = time.perf_counter()
             rate = (step - self._step0) * self.tokens_per_step / (now - self._t0)
             pl_module.log("train/tokens_per_s", rate)
@@ -104,8 +136,9 @@ class Throughput(Callback):
 def trainer_kwargs(cfg: RunConfig) -> dict[str, Any]:
     t = cfg.train
     return dict(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
-        precision=t.precision, max_steps=t.max_steps, accumulate_grad_batches=t.accumulate,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=fastpath.make_strategy(cfg), precision=fastpath.resolve_precision(t),
+        max_steps=t.max_steps, accumulate_grad_batches=t.accumulate,
         val_check_interval=t.val_every * t.accumulate, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, log_every_n_steps=t.log_every, enable_progress_bar=t.progress_bar,
         enable_model_summary=False, use_distributed_sampler=False,  # StepSampler shards by rank
@@ -134,11 +167,30 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None) -> dict[str, Any]:
-    """Train (or resume) one run in this process; returns its summary (also in result.json)."""
+def finished_result(cfg: RunConfig) -> dict[str, Any] | None:
+    """The run's result.json when it has ended (finished all its steps, or diverged), else None."""
+    try:
+        result = json.loads((cfg.run_dir / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if result.get("status") == "diverged":
+        return result
+    steps = resolve_budget(cfg).train.max_steps
+    if result.get("status") == "finished" and (result.get("step") or 0) >= steps:
+        return result
+    return None
+
+
+def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
+          plugins: list[Any] = (), data: TokenData | None = None) -> dict[str, Any]:
+    """Train (or resume) one run in this process; returns its summary (also in result.json).
+    `data`: another data module of the same interface (periln bench: random tokens)."""
     cfg = resolve_budget(cfg)
+    ended = finished_result(cfg)
+    if ended is not None:  # nothing to do; re-fitting would rewrite result.json without metrics
+        return ended
     # data and tokenizer first: bad input fails here, before anything is written for the run
-    data = TokenData(cfg)
+    data = TokenData(cfg) if data is None else data
     data.prepare_data()
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
@@ -146,17 +198,25 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None) ->
     write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    lit = LitLM(cfg.to_dict(), data.tokenizer.vocab_size)
+    # the module's own copy of the run carries the device's vocabulary padding (128 on a GPU), so
+    # a checkpoint rebuilds the same shapes anywhere; config.yaml keeps the run as given
+    lit = LitLM(fastpath.module_run(cfg), data.tokenizer.vocab_size)
     last = ckpt_dir / "last.ckpt"
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", auto_insert_metric_name=False,
                                  every_n_train_steps=cfg.train.ckpt_every, save_top_k=1, save_last=True)
     if logger is None:
         logger = L.pytorch.loggers.CSVLogger(run_dir, name="logs")
+    # every run gets the diagnostics (spikes, overflow, divergence) unless switched off
+    diag = next((c for c in callbacks if isinstance(c, Diagnostics)), None)
+    if diag is None and cfg.diagnostics.enabled:
+        diag = Diagnostics(cfg.diagnostics)
+        callbacks = [*callbacks, diag]
     trainer = L.Trainer(
         default_root_dir=run_dir, logger=logger,
         callbacks=[checkpoint, LearningRateMonitor("step"),
-                   Throughput(tokens_per_step(cfg), cfg.train.log_every), *callbacks],
-        **trainer_kwargs(cfg))
+                   Throughput(tokens_per_step(cfg), cfg.train.log_every),
+                   *fastpath.progress_callbacks(cfg.train), *callbacks],
+        plugins=list(plugins) or None, **trainer_kwargs(cfg))
     start = time.perf_counter()
     trainer.fit(lit, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
     trainer.save_checkpoint(last)  # the final state, whatever the checkpoint interval
@@ -165,6 +225,8 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None) ->
                   train_loss=metrics.get("train/loss"), val_loss=metrics.get("val/loss"),
                   checkpoint=str(last), seconds=round(time.perf_counter() - start, 2),
                   tokens_per_s=metrics.get("train/tokens_per_s"))
+    if diag is not None:  # status "diverged" with diverged_step, spike and overflow counts
+        result.update(diag.result_fields())
     if trainer.global_rank == 0:
         write_atomic(run_dir / "result.json", json.dumps(result, indent=1))
     return result

@@ -8,8 +8,16 @@ import torch
 from models import ModelConfig, build_model
 from models.placements import PLACEMENTS, get_placement, load_all
 
-torch.set_default_dtype(torch.float64)
 D = 32
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Equations are compared in float64; restored afterwards so other test files are unaffected."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def rms(x, w, eps=1e-5):

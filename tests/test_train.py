@@ -83,3 +83,18 @@ def test_token_budget_sets_steps(tmp_path, run_overrides):
     # 8 sequences x 64 tokens = 512 tokens per step
     cfg = load_run_config(None, run_overrides + ["train.tokens=5120", "train.val_every=5"])
     assert train(cfg)["step"] == 10
+
+
+def test_a_finished_run_is_not_retrained_and_keeps_its_result(tmp_path, run_overrides):
+    cfg = load_run_config(None, run_overrides + ["train.max_steps=6", "train.val_every=3"])
+    first = train(cfg)
+    path = cfg.run_dir / "result.json"
+    before = path.read_bytes()
+    rec = LossRecorder()
+    again = train(cfg, [rec])
+    assert rec.losses == {} and again == first and again["val_loss"] is not None
+    assert path.read_bytes() == before
+    # a longer budget for the same key resumes from the checkpoint instead
+    longer = load_run_config(None, run_overrides + ["train.max_steps=8", "train.val_every=3"])
+    train(longer, [rec])
+    assert sorted(rec.losses) == [7, 8]

@@ -1,0 +1,179 @@
+"""Scoring: lm-eval over the suite's tasks, flattened into `eval/<task>/<metric>` numbers.
+
+`evaluate(lm, ...)` runs lm-eval's `simple_evaluate` in process with the built-in task configs
+(pointed at local files when a data directory is given); `evaluate_checkpoint(...)` loads a run's
+checkpoint first. Both return {"metrics": {flat numbers}, "meta": {provenance}}: the shape the
+tracking and sweep code log (metrics as MLflow metrics, meta as a JSON artifact).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from evals import data as task_data
+from evals.tasks import (
+    AVERAGE_KEY,
+    AVERAGE_METRIC,
+    PAPER_TASKS,
+    TASKS,
+    metric_key,
+    paper_average,
+    resolve_tasks,
+)
+from models import ConfigError
+
+log = logging.getLogger("evals")
+
+RESULT_FILE = "eval.json"
+
+
+def evaluate(lm, tasks: str | list[str] | tuple[str, ...] = "paper", *, limit: int | float | None = None,
+             data_dir: str | Path | None = None, num_fewshot: int = 0, cache_dir: str | Path | None = None,
+             bootstrap_iters: int = 1000, seed: int = 1234) -> dict[str, Any]:
+    """Score an lm-eval LM (e.g. evals.adapter.PerilnLM) on the tasks.
+
+    tasks: "paper", "all", or task names (evals.tasks.TASKS). limit: the first N documents of each
+    task (a float < 1: that fraction), None for all. data_dir: local files (evals.data) instead of
+    the hub; hub access is then switched off. cache_dir: where `datasets` caches the files it reads
+    (default: its own, under HF_HOME)."""
+    names = resolve_tasks(tasks)
+    if limit is not None and not (limit > 0):
+        raise ConfigError(f"limit must be > 0 (a count, or a fraction below 1); got {limit}")
+    if num_fewshot < 0:
+        raise ConfigError(f"num_fewshot must be >= 0; got {num_fewshot}")
+    files = None
+    if data_dir is not None:
+        files = task_data.locate(data_dir, names)
+        if num_fewshot and any(set(files[n]) == {TASKS[n].split} for n in names):
+            log.warning("few-shot examples come from the scored split itself where no <task>_train file "
+                        "is in %s", data_dir)
+    import datasets  # noqa: F401  (loaded before offline() so that it can switch it and back)
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    before = dict(getattr(lm, "stats", {}))
+    start = time.perf_counter()
+    with task_data.offline() if files is not None else nullcontext(), \
+            tempfile.TemporaryDirectory(prefix="periln-tasks-") as scratch:
+        include = task_data.builtin_task_dirs(names)
+        if files is not None:
+            task_data.write_group(Path(scratch), files, cache_dir)
+            include.append(Path(scratch))
+        manager = TaskManager(include_path=[str(p) for p in include], include_defaults=False)
+        try:
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=[task_data.GROUP] if files is not None else list(names),
+                num_fewshot=num_fewshot, limit=limit, task_manager=manager, bootstrap_iters=bootstrap_iters,
+                log_samples=False, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                fewshot_random_seed=seed)
+        except Exception as err:
+            # the hub out of reach, or a data file that passed the first-record check but not
+            # `datasets`' full read: user-side problems, one line each
+            origin = type(err).__module__.split(".")[0]
+            if origin not in ("datasets", "huggingface_hub") and not isinstance(err, ConnectionError):
+                raise
+            first = str(err).splitlines()[0][:300] if str(err) else ""
+            hint = ("" if files is not None else "; offline, give --data-dir DIR with the task files "
+                    "(`periln data fetch-benchmarks DIR` where the hub is reachable)")
+            raise ConfigError(f"task data: {type(err).__name__}: {first}{hint}") from None
+    seconds = time.perf_counter() - start
+    return _flatten(out, names, lm, before, seconds, limit=limit, num_fewshot=num_fewshot, data_dir=data_dir,
+                    files=files)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _flatten(out: dict[str, Any], names: tuple[str, ...], lm, before: dict, seconds: float,
+             **meta_in: Any) -> dict:
+    import lm_eval
+
+    metrics: dict[str, float] = {}
+    task_meta: dict[str, Any] = {}
+    for name in names:
+        res = out["results"].get(name)
+        if res is None:
+            raise RuntimeError(f"lm-eval returned no result for {name} (got {', '.join(out['results'])})")
+        for metric in TASKS[name].metrics:
+            for key in (metric, f"{metric}_stderr"):
+                value = _number(res.get(f"{key},none"))
+                if value is not None:
+                    metrics[metric_key(name, key)] = value
+        files = meta_in["files"]
+        task_meta[name] = {
+            "version": out.get("versions", {}).get(name),
+            "num_fewshot": out.get("n-shot", {}).get(name),
+            "samples": out.get("n-samples", {}).get(name, {}).get("effective"),
+            "samples_total": out.get("n-samples", {}).get(name, {}).get("original"),
+            "split": TASKS[name].split,
+            "data": str(files[name][TASKS[name].split]) if files else f"hub:{TASKS[name].hub}",
+        }
+    average = paper_average(metrics)
+    if average is not None:
+        metrics[AVERAGE_KEY] = average
+    stats = getattr(lm, "stats", {})
+    requests = stats.get("requests", 0) - before.get("requests", 0)
+    forward = stats.get("seconds", 0.0) - before.get("seconds", 0.0)
+    limit = meta_in["limit"]
+    meta = {
+        "tasks": task_meta,
+        "lm_eval_version": lm_eval.__version__,
+        "num_fewshot": meta_in["num_fewshot"],
+        "limit": limit,
+        "data_dir": str(meta_in["data_dir"]) if meta_in["data_dir"] is not None else None,
+        "average": {"key": AVERAGE_KEY, "tasks": list(PAPER_TASKS),
+                    "metric": {t: AVERAGE_METRIC[t] for t in PAPER_TASKS},
+                    "note": "our choice: acc_norm where lm-eval reports it, else acc (the paper is silent)"},
+        "batch_size": getattr(lm, "batch_size", None),
+        "requests": requests,
+        "seconds": round(seconds, 3),
+        "scoring_seconds": round(forward, 3),
+        "requests_per_s": round(requests / forward, 2) if forward > 0 else None,
+    }
+    if hasattr(lm, "get_model_info"):
+        meta["model"] = lm.get_model_info()
+    log.info("%d requests in %.1f s (%.1f requests/s while scoring), %.1f s in all", requests, forward,
+             meta["requests_per_s"] or 0.0, seconds)
+    return {"metrics": metrics, "meta": meta}
+
+
+def evaluate_checkpoint(ckpt_or_run_dir: str | Path, tasks: str | list[str] | tuple[str, ...] = "paper",
+                        limit: int | float | None = None, data_dir: str | Path | None = None,
+                        batch_size: int = 32, *, num_fewshot: int = 0, device: str | None = None,
+                        dtype: str = "float32", cache_dir: str | Path | None = None,
+                        out_dir: str | Path = "runs", sweep: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint (a .ckpt file, a run directory, or a run key under out_dir) and score it.
+    Returns {"metrics": {"eval/<task>/<metric>": value, ..., "eval/paper_avg": ...},
+             "meta": {task versions, lm-eval version, num_fewshot, limit, requests/s, checkpoint, ...}}."""
+    from evals.adapter import PerilnLM
+    from evals.checkpoint import load_checkpoint, resolve_checkpoint
+
+    names = resolve_tasks(tasks)  # bad task names fail before the checkpoint is read
+    if data_dir is not None:
+        task_data.locate(data_dir, names)
+    loaded = load_checkpoint(resolve_checkpoint(ckpt_or_run_dir, out_dir, sweep))
+    lm = PerilnLM(model=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, device=device,
+                  dtype=dtype)
+    lm.checkpoint = str(loaded.checkpoint)
+    result = evaluate(lm, names, limit=limit, data_dir=data_dir, num_fewshot=num_fewshot, cache_dir=cache_dir)
+    result["meta"].update(checkpoint=str(loaded.checkpoint), run_dir=str(loaded.run_dir), key=loaded.key,
+                          step=loaded.step)
+    return result
+
+
+def write_result(result: dict[str, Any], path: str | Path) -> Path:
+    """The result as JSON (atomically); by default <run_dir>/eval.json."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path

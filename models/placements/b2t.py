@@ -1,0 +1,44 @@
+import torch
+from torch import nn
+
+from models.layers import MLP
+from models.placements import BlockLayout, Placement, SubLayout, register
+
+
+class B2TBlock(nn.Module):
+    """h = N_a(x + F_a(x)); y = N_m(x + h + F_m(h)): Post-LN plus the block input x carried past
+    both norms to the block's last add (the bottom-to-top connection)."""
+
+    def __init__(self, cfg, attention: nn.Module, make_norm) -> None:
+        super().__init__()
+        self.attn, self.mlp = attention, MLP(cfg)
+        self.attn_post_norm, self.mlp_post_norm = make_norm(), make_norm()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, d)
+        h = self.attn_post_norm(x + self.attn(x))
+        return self.mlp_post_norm(x + h + self.mlp(h))
+
+
+@register("b2t")
+class B2T(Placement):
+    """B2T: h = N(x + F_a(x)), y = N(x + h + F_m(h)); no final norm.
+
+    Post-LN, plus a skip from the block input to the input of its last norm: the gradient reaches
+    lower blocks without passing through the attention sub-layer's norm, which is what makes deep
+    Post-LN vanish. The stream is normalized after every block, so there is no final norm.
+
+    Init: the default rule (N(0, init_std); `init_scheme` applies).
+    """
+
+    source = ("Takase et al., B2T Connection: Serving Stability and Performance in Deep "
+              "Transformers (arXiv 2206.00330, Findings of ACL 2023); takase/b2t_connection")
+    final_norm = False
+
+    def layout(self, layer: int, n_layers: int) -> BlockLayout:
+        # what the generic slots can say; the extra skip lives in B2TBlock
+        sub = SubLayout(post_norm=True)
+        return BlockLayout(attn=sub, mlp=sub)
+
+    def make_block(self, cfg, layer: int) -> nn.Module:
+        return B2TBlock(cfg, self.make_attention(cfg, layer),
+                        lambda: self.make_norm(cfg, cfg.d_model))

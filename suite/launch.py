@@ -1,0 +1,715 @@
+"""Submitting a sweep through submitit: the only module that imports it.
+
+Executors: `local` (this machine, subprocesses, N at a time; the embedded default), `debug` (in
+this process, one after the other; tests) and `slurm` (one job array per sweep, its parallelism
+from the profile). Every cell is a `TrainJob`, a submitit `Checkpointable`:
+
+- resubmitting a sweep skips finished (and diverged) keys and resumes the others from
+  <run_dir>/checkpoints/last.ckpt, under the MLflow run their key already has (suite.tracking);
+- SIGTERM (preemption, `scancel`, `scontrol requeue`) and submitit's timeout signal (USR2, sent
+  `signal_delay_s` before the time limit) both save last.ckpt at the next step boundary; on USR2
+  submitit's own handler then runs `checkpoint()` and requeues the job. Lightning's own SLURM
+  requeue is off (`SLURMEnvironment(auto_requeue=False)`) so the two do not both act.
+- multi-GPU / multi-node: tasks per node = GPUs per node = the run's `train.devices`, nodes =
+  `train.num_nodes`; Lightning's SLURM environment wires the ranks, strategy ddp (or
+  `train.strategy: fsdp`).
+
+Profiles (slurm/profiles/*.yaml) use submitit's parameter names: the generic ones (timeout_min,
+mem_gb, cpus_per_task, gpus_per_node, tasks_per_node, nodes) and SLURM's (partition, account, qos,
+constraint, setup, signal_delay_s, array_parallelism, additional_parameters, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import submitit
+from lightning.pytorch.callbacks import Callback
+from submitit.slurm.slurm import SlurmExecutor
+
+from models import ConfigError
+from suite.config import RunConfig, read_yaml, run_config_from_dict
+from suite.sweep import Sweep
+
+EXECUTORS = ("local", "debug", "slurm")
+GENERIC = dict(timeout_min=int, mem_gb=(int, float), nodes=int, cpus_per_task=int, gpus_per_node=int,
+               tasks_per_node=int, name=str, stderr_to_stdout=bool)
+# sbatch names that have a generic twin above: the profile uses the generic one
+SLURM_TWINS = {"time": "timeout_min", "mem": "mem_gb", "ntasks_per_node": "tasks_per_node",
+               "job_name": "name", "num_gpus": "gpus_per_node"}
+SLURM_NAMES = tuple(sorted(set(SlurmExecutor._valid_parameters()) - set(SLURM_TWINS)))
+ACTIVE_SLURM = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED",
+                "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT")
+DEFAULT_TIMEOUT_MIN = 24 * 60
+
+
+# ------------------------------------------------------------------------------------- profiles
+
+def load_profile(path: str | Path | None) -> dict[str, Any]:
+    """A profile's submitit parameters, validated: generic names as they are, SLURM ones prefixed
+    `slurm_` (AutoExecutor's convention)."""
+    if path is None:
+        return {}
+    data = read_yaml(path)
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of submitit parameters")
+    problems, out = [], {}
+    for key, value in data.items():
+        name = str(key).removeprefix("slurm_")
+        at = f"{path}: {key}"
+        if name in GENERIC:
+            ok = isinstance(value, GENERIC[name]) and not isinstance(value, bool) or (
+                GENERIC[name] is bool and isinstance(value, bool))
+            if isinstance(value, str) and GENERIC[name] in (int, (int, float)):
+                try:  # YAML 1.1: '1e3' arrives as a string
+                    value, ok = float(value), True
+                    value = int(value) if GENERIC[name] is int and value == int(value) else value
+                except ValueError:
+                    ok = False
+            if not ok:
+                want = "a number" if GENERIC[name] == (int, float) else GENERIC[name].__name__
+                problems.append(f"{at}: expected {want}; got {value!r}")
+            out[name] = value
+        elif name in SLURM_TWINS:
+            problems.append(f"{at}: use submitit's generic name {SLURM_TWINS[name]!r}")
+        elif name in SLURM_NAMES:
+            if name == "setup" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+                problems.append(f"{at}: expected a list of shell lines; got {value!r}")
+            out[f"slurm_{name}"] = value
+        else:
+            close = difflib.get_close_matches(name, [*GENERIC, *SLURM_NAMES], n=2)
+            hint = f"did you mean {' or '.join(map(repr, close))}?" if close else \
+                f"known: {', '.join([*GENERIC, *SLURM_NAMES])}"
+            problems.append(f"{at}: unknown submitit parameter; {hint}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return out
+
+
+def resources(cell: RunConfig, profile: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The profile's parameters plus what the run fixes: one task per device (tasks_per_node =
+    train.devices, = gpus_per_node on a GPU profile) and nodes = train.num_nodes."""
+    t = cell.train
+    params = dict(profile)
+    want = {"tasks_per_node": t.devices, "nodes": t.num_nodes}
+    if "gpus_per_node" in profile and t.accelerator != "cpu":
+        want["gpus_per_node"] = t.devices
+    problems = []
+    for name, value in want.items():
+        if name in profile and profile[name] != value:
+            field_ = "train.num_nodes" if name == "nodes" else "train.devices"
+            problems.append(f"{where}: {name}: {profile[name]}, but the sweep's {field_} is {value}; "
+                            "one task per device: make them equal")
+        params[name] = value
+    if problems:
+        raise ConfigError("\n".join(problems))
+    params.setdefault("timeout_min", DEFAULT_TIMEOUT_MIN)
+    return params
+
+
+# ------------------------------------------------------------------------------------- the job
+
+def global_rank(on_slurm: bool) -> int:
+    return int(os.environ.get("SLURM_PROCID" if on_slurm else "RANK", 0))
+
+
+def slurm_job_id() -> str | None:
+    if "SLURM_ARRAY_JOB_ID" in os.environ:
+        return f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+class Interrupted(SystemExit):
+    """Training stopped on a signal after saving last.ckpt at `step`; the job will run again."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step} on a signal; last.ckpt saved")
+        self.step = step
+
+
+class SaveOnSignal(Callback):
+    """At the first step boundary after SIGTERM (Lightning notes it) or submitit's USR2 (deferred
+    here), save last.ckpt, then stop once that step's metrics are logged: on SIGTERM Lightning
+    raises SIGTERMException itself (SLURM already requeues or cancels the job); on USR2 this hands
+    over to submitit's handler (checkpoint(), requeue, exit) at the start of the next batch.
+    Saving in on_train_batch_end, where ModelCheckpoint saves, keeps the resume exact; under DDP
+    every rank agrees on the step through one all-reduce of the flag per step."""
+
+    def __init__(self, last: Path) -> None:
+        self.last = last
+        self.usr_signal: tuple[int, Any] | None = None
+        self.submitit_handler: Any = None
+        self.training = False
+        self.saved_step: int | None = None
+
+    def install(self) -> None:
+        sig = signal.SIGUSR2
+        previous = signal.getsignal(sig)
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            self.submitit_handler = previous
+            signal.signal(sig, self._defer)
+
+    def _defer(self, signum: int, frame: Any) -> None:
+        if self.training:
+            self.usr_signal = (signum, frame)
+        else:  # nothing to save: submitit's handler at once
+            self.submitit_handler(signum, frame)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.training = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.training = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.saved_step is not None:
+            return
+        flag = self.usr_signal is not None or trainer.received_sigterm
+        if trainer.world_size > 1:
+            flag = trainer.strategy.reduce_boolean_decision(flag, all=False)
+        if flag:
+            trainer.save_checkpoint(self.last)
+            self.saved_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.saved_step is None:
+            return
+        self.training = False
+        if self.usr_signal is not None and self.submitit_handler is not None and trainer.global_rank == 0:
+            self.submitit_handler(*self.usr_signal)  # checkpoint(), requeue, sys.exit
+        raise Interrupted(self.saved_step)
+
+
+# a job that submitit requeues as it is, state included, on the timeout signal (suite.search's workers)
+Checkpointable = submitit.helpers.Checkpointable
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """One cell: train (or resume) it, record it in MLflow, score it when the sweep says so."""
+
+    def __init__(self, run: dict[str, Any], run_id: str | None, tracking_uri: str | None, cwd: str,
+                 eval_spec: dict[str, Any] | None = None, threads: int | None = None) -> None:
+        self.run, self.run_id, self.tracking_uri, self.cwd = run, run_id, tracking_uri, cwd
+        self.eval_spec, self.threads = eval_spec, threads
+        self.callbacks: list[Callback] = []  # extra Lightning callbacks (suite.search: eval loss to Optuna)
+
+    @property
+    def key(self) -> str:
+        return run_config_from_dict(self.run, "submitted run").key
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        # Called by submitit's USR2 handler after SaveOnSignal saved last.ckpt: the same job runs
+        # again and resumes from it.
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+    def __call__(self) -> dict[str, Any]:
+        import torch
+
+        from suite.train import train
+
+        os.chdir(self.cwd)
+        threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or None
+        if threads:
+            torch.set_num_threads(threads)
+        cfg = run_config_from_dict(self.run, "submitted run")
+        last = (cfg.run_dir / "checkpoints" / "last.ckpt").resolve()
+        on_slurm = "SLURM_JOB_ID" in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+        rank = global_rank(on_slurm)
+        store = logger = None
+        if self.tracking_uri and self.run_id:
+            from suite import tracking
+
+            store = tracking.Store(self.tracking_uri)
+            logger = store.logger(self.run_id)
+        if store and rank == 0:
+            from suite.train import resolve_budget
+
+            store.set_status(self.run_id, "running", host=socket.gethostname(), job_id=slurm_job_id()
+                             or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or str(os.getpid()),
+                             checkpoint=str(last), resumed=last.is_file(),
+                             restarts=os.environ.get("SLURM_RESTART_COUNT", "0"),
+                             torch=torch.__version__, hardware=_hardware(torch))
+            import yaml
+
+            store.log_text(self.run_id, yaml.safe_dump(resolve_budget(cfg).to_dict(), sort_keys=False),
+                           "config.yaml")
+        saver = SaveOnSignal(last)
+        saver.install()
+        plugins = []
+        if on_slurm:
+            from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+            plugins.append(SLURMEnvironment(auto_requeue=False))
+        try:
+            result = train(cfg, callbacks=[saver, *getattr(self, 'callbacks', [])], logger=logger,
+                           plugins=plugins)
+            status = result.get("status", "finished")
+            if rank == 0 and self.eval_spec and self.eval_spec.get("tasks") and status == "finished":
+                scores = self._evaluate(cfg, last)
+                if store:
+                    store.log_metrics(self.run_id, scores["metrics"], step=result["step"])
+                    store.log_text(self.run_id, json.dumps(scores["meta"], indent=1, default=str),
+                                   "eval.json")
+                result["eval"] = scores["metrics"]
+        except (SystemExit, KeyboardInterrupt) as err:
+            if store and rank == 0:
+                _quietly(store.set_status, self.run_id, "interrupted", interrupted_at=saver.saved_step,
+                         note=f"{type(err).__name__}: {err}"[:500])
+            raise
+        except BaseException as err:
+            if store and rank == 0:
+                line = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                _quietly(store.log_text, self.run_id, traceback.format_exc(), "error.txt")
+                _quietly(store.set_status, self.run_id, "failed", error=line[:1000])
+            raise
+        if store and rank == 0:
+            store.set_status(self.run_id, result.get("status", "finished"), step=result.get("step"),
+                             checkpoint=str(last), diverged_step=result.get("diverged_step"))
+        return result
+
+    def _evaluate(self, cfg: RunConfig, last: Path) -> dict[str, Any]:
+        try:
+            from evals import evaluate_checkpoint  # type: ignore[attr-defined]
+        except ImportError:
+            from evals.run import evaluate_checkpoint
+        spec = self.eval_spec
+        return evaluate_checkpoint(str(last), list(spec["tasks"]), limit=spec.get("limit"),
+                                   data_dir=spec.get("data_dir"), batch_size=spec.get("batch_size", 32),
+                                   num_fewshot=spec.get("num_fewshot", 0))
+
+
+def _hardware(torch: Any) -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return f"cpu x {os.cpu_count()}"
+
+
+def _quietly(fn, *args, **kwargs) -> None:
+    try:
+        fn(*args, **kwargs)
+    except Exception as err:  # recording must not hide the job's own error
+        print(f"periln: could not record in MLflow: {err}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------------------ submitting
+
+@dataclass
+class Plan:
+    """What a submission does with each cell."""
+
+    submit: list[RunConfig] = field(default_factory=list)
+    resume: set[str] = field(default_factory=set)  # keys among `submit` that have a record
+    skip: dict[str, str] = field(default_factory=dict)  # key -> why (finished, queued, ...)
+
+
+@dataclass
+class Submission:
+    plan: Plan
+    executor: str
+    folder: Path | None = None
+    job_ids: dict[str, str] = field(default_factory=dict)  # key -> job id
+    results: dict[str, dict] = field(default_factory=dict)  # local/debug: key -> result
+    errors: dict[str, str] = field(default_factory=dict)  # local/debug: key -> last error line
+    script: str | None = None  # --dry-run: the sbatch script
+    seconds: float = 0.0
+    tracking_uri: str | None = None
+
+
+def git_state(path: str | Path = ".") -> tuple[str, bool | None]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
+                               capture_output=True, text=True, check=True).stdout.strip() != ""
+        return commit, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", None
+
+
+def job_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM state of each job id (array tasks as <array>_<task>), from squeue; {} without SLURM."""
+    bases = sorted({j.split("_")[0] for j in job_ids if j and j[0].isdigit()})
+    if not bases:
+        return {}
+    states: dict[str, str] = {}
+    for group in ([",".join(bases)], bases):  # one call; per job if squeue rejects a purged id
+        ok = True
+        for jobs in group:
+            try:
+                out = subprocess.run(["squeue", "--array", "--all", "--states=all", "--noheader",
+                                      "--format=%i|%T", "--jobs", jobs], capture_output=True, text=True,
+                                     timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                return {}
+            ok = ok and out.returncode == 0
+            for line in out.stdout.splitlines():
+                if "|" in line:
+                    job, state = line.strip().split("|", 1)
+                    states[job] = state
+        if ok or len(bases) == 1:
+            break
+    return states
+
+
+def _alive_local(record_tags: Mapping[str, str]) -> bool:
+    """A local/debug job still running on this host (its pid is alive)."""
+    if record_tags.get("host") != socket.gethostname():
+        return False
+    pid = record_tags.get("job_id", "")
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except OSError:
+        return False
+
+
+def plan(cells: list[RunConfig], records: Mapping[str, Any], executor: str) -> Plan:
+    """Submit unfinished keys; skip finished/diverged ones and ones whose job is still queued or
+    running (a resubmission never runs a key twice at once)."""
+    from suite.tracking import DONE
+
+    out = Plan()
+    slurm_ids = [r.tags.get("job_id", "") for r in records.values()
+                 if r.status not in DONE and r.tags.get("executor") == "slurm"]
+    states = job_states(slurm_ids)
+    for cell in cells:
+        rec = records.get(cell.key)
+        if rec is None:
+            out.submit.append(cell)
+            continue
+        if rec.status in DONE:
+            out.skip[cell.key] = rec.status
+            continue
+        if rec.tags.get("executor") == "slurm":
+            # still in the queue (also an interrupted job that SLURM or submitit requeued)
+            state = states.get(rec.tags.get("job_id", ""))
+            if state in ACTIVE_SLURM:
+                out.skip[cell.key] = f"{rec.status} (SLURM job {rec.tags['job_id']} {state})"
+                continue
+        elif rec.status == "running" and _alive_local(rec.tags):
+            out.skip[cell.key] = f"running (pid {rec.tags['job_id']})"
+            continue
+        out.submit.append(cell)
+        out.resume.add(cell.key)
+    return out
+
+
+def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = None,
+           only: list[str] | tuple[str, ...] = (), dry_run: bool = False, tracking_uri: str | None = None,
+           folder: str | Path | None = None, parallel: int | None = None,
+           progress: Any = None) -> Submission:
+    """Submit the sweep's unfinished cells. local and debug block until every cell has ended;
+    slurm returns once the job array is queued. `progress(line)` receives status lines."""
+    from suite import tracking
+
+    say = progress or (lambda line: None)
+    if executor not in EXECUTORS:
+        close = difflib.get_close_matches(executor, EXECUTORS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"--executor {executor!r}: unknown; {hint}use one of {', '.join(EXECUTORS)}")
+    params = load_profile(profile)
+    cells = sweep.select(only)
+    uri = tracking.store_uri(sweep.out_dir, tracking_uri)
+    start = time.perf_counter()
+
+    for cell in cells:  # resources first: a mismatch fails before anything is recorded
+        resources(cell, params, str(profile or "profile"))
+        if executor != "slurm" and cell.train.devices * cell.train.num_nodes > 1:
+            raise ConfigError(f"{sweep.path}: {cell.key}: train.devices x train.num_nodes = "
+                              f"{cell.train.devices * cell.train.num_nodes} processes need --executor "
+                              f"slurm (one task per device); {executor} runs one process per cell")
+
+    if dry_run and tracking._sqlite_path(uri) and not tracking._sqlite_path(uri).exists():
+        records: dict = {}
+    else:
+        if not dry_run:
+            tracking.prepare_store(uri)  # once, before any job writes
+        store = tracking.Store(uri)
+        exp_id = store.experiment_id(sweep.name, tracking.artifact_root(uri, sweep.out_dir),
+                                     create=not dry_run)
+        records = store.runs(exp_id)
+    todo = plan(cells, records, executor)
+    sub = Submission(plan=todo, executor=executor, tracking_uri=uri)
+
+    params_of = {c.key: tracking.flatten(_resolved(c).to_dict()) for c in todo.submit}
+    conflicts = []
+    for cell in todo.submit:
+        if cell.key in records:
+            for line in tracking.param_conflicts(records[cell.key], params_of[cell.key])[:3]:
+                conflicts.append(f"{sweep.path}: {cell.key}: {line}")
+    if conflicts:
+        raise ConfigError("\n".join(conflicts + [
+            "a run key keeps its settings for life: restore them, or use a new sweep name"]))
+    if not todo.submit:
+        sub.seconds = time.perf_counter() - start
+        return sub
+
+    run_ids: dict[str, str | None] = {}
+    if dry_run:
+        run_ids = {c.key: getattr(records.get(c.key), "run_id", None) for c in todo.submit}
+    else:
+        commit, dirty = git_state(Path(__file__).resolve().parent.parent)
+        for cell in todo.submit:
+            rec = records.get(cell.key)
+            tags = dict(sweep=sweep.name, placement=cell.placement, size=cell.size, lr=cell.lr,
+                        seed=cell.seed, variant=cell.variant or None, git_commit=commit,
+                        git_dirty=dirty, executor=executor, sweep_file=str(Path(sweep.path).resolve()))
+            if rec is None:
+                run_ids[cell.key] = store.create_run(exp_id, cell.key, params_of[cell.key],
+                                                     {k: str(v) for k, v in tags.items() if v is not None})
+            else:
+                run_ids[cell.key] = rec.run_id
+                store.set_status(rec.run_id, "queued", **{k: v for k, v in tags.items()
+                                                          if k in ("executor", "git_commit", "git_dirty")})
+
+    eval_spec = sweep.eval.to_dict() if sweep.eval.enabled else None
+    cwd = os.getcwd()
+    root = Path(folder) if folder else Path(sweep.out_dir) / sweep.name / ".submitit"
+    sub.folder = (root / time.strftime("%Y%m%d-%H%M%S")).resolve() if not folder else root.resolve()
+    threads = None
+    if executor == "local":
+        parallel = parallel or max(1, (os.cpu_count() or 1) // int(params.get("cpus_per_task", 1)))
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+    jobs = {c.key: TrainJob(c.to_dict(), None if dry_run else run_ids[c.key], None if dry_run else uri,
+                            cwd, eval_spec, threads) for c in todo.submit}
+
+    if executor == "slurm":
+        _submit_slurm(sub, sweep, jobs, todo.submit, params, dry_run, say)
+        if not dry_run:
+            for key, job_id in sub.job_ids.items():
+                store.set_tags(run_ids[key], job_id=job_id)
+    elif dry_run:
+        pass
+    elif executor == "debug":
+        _run_debug(sub, jobs, say)
+    else:
+        _run_local(sub, jobs, params, parallel, say)
+    sub.seconds = time.perf_counter() - start
+    return sub
+
+
+def _resolved(cell: RunConfig) -> RunConfig:
+    from suite.train import resolve_budget
+
+    return resolve_budget(cell)
+
+
+def _group_by_resources(cells: list[RunConfig], params: Mapping[str, Any], where: str):
+    groups: dict[str, tuple[dict, list[RunConfig]]] = {}
+    for cell in cells:
+        res = resources(cell, params, where)
+        sig = json.dumps(res, sort_keys=True, default=str)
+        groups.setdefault(sig, (res, []))[1].append(cell)
+    return list(groups.values())
+
+
+def _submit_slurm(sub: Submission, sweep: Sweep, jobs: dict[str, TrainJob], cells: list[RunConfig],
+                  params: Mapping[str, Any], dry_run: bool, say) -> None:
+    """One job array per sweep (per distinct resource shape, should cells differ in devices)."""
+    folder = sub.folder if not dry_run else Path(tempfile.mkdtemp(prefix="periln-dry-run-"))
+    with _no_sbatch() if dry_run else contextlib.nullcontext():
+        for res, group in _group_by_resources(cells, params, "profile"):
+            ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+            res = {"name": f"periln-{sweep.name}", **res}
+            res.setdefault("slurm_array_parallelism", len(group))
+            try:
+                ex.update_parameters(**res)
+            except (ValueError, NameError, AssertionError, TypeError) as err:
+                raise ConfigError(f"profile: submitit rejects the parameters: "
+                                  f"{str(err).splitlines()[0]}") from None
+            with ex.batch():
+                handles = [ex.submit(jobs[c.key]) for c in group]
+            for cell, job in zip(group, handles):
+                sub.job_ids[cell.key] = "dry-run" if dry_run else job.job_id
+            say(f"submitted {len(group)} cells as SLURM job array "
+                f"{'(dry run)' if dry_run else handles[0].job_id.split('_')[0]}")
+    if dry_run:
+        scripts = sorted(folder.rglob(".submission_file_*.sh"))
+        sub.script = scripts[-1].read_text() if scripts else None
+        sub.folder = folder
+
+
+@contextlib.contextmanager
+def _no_sbatch() -> Iterator[None]:
+    """--dry-run: submitit's whole submission path (parameters checked, sbatch script written, one
+    pickle per cell), with `sbatch` replaced by an echo of its reply."""
+    with mock.patch.object(SlurmExecutor, "_make_submission_command",
+                           lambda self, path: ["echo", "Submitted batch job 0"]), \
+            mock.patch.object(SlurmExecutor, "affinity", classmethod(lambda cls: 2)):
+        yield
+
+
+def _last_line(err: BaseException | str) -> str:
+    text = str(err).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else type(err).__name__
+
+
+class _Reported:
+    """submitit's debug executor opens pdb on a job's exception: report it as a value instead."""
+
+    def __init__(self, job: TrainJob) -> None:
+        self.job = job
+
+    def __call__(self) -> tuple[str, Any]:
+        try:
+            return "ok", self.job()
+        except Exception as err:  # recorded as failed by the job; the other cells go on
+            return "error", _last_line(err)
+
+
+def _run_debug(sub: Submission, jobs: dict[str, TrainJob], say) -> None:
+    ex = submitit.AutoExecutor(folder=sub.folder / "%j", cluster="debug")
+    ex.update_parameters(timeout_min=DEFAULT_TIMEOUT_MIN)
+    for key, job in jobs.items():
+        handle = ex.submit(_Reported(job))
+        sub.job_ids[key] = handle.job_id
+        kind, value = handle.result()
+        if kind == "ok":
+            sub.results[key] = value
+            say(f"{key}: {value.get('status', 'finished')}")
+        else:
+            sub.errors[key] = value
+            say(f"{key}: failed: {value}")
+
+
+def _run_local(sub: Submission, jobs: dict[str, TrainJob], params: Mapping[str, Any], parallel: int,
+               say) -> None:
+    """N at a time on this machine; blocks until all have ended."""
+    ex = submitit.AutoExecutor(folder=sub.folder / "%j", cluster="local")
+    ex.update_parameters(timeout_min=int(params.get("timeout_min", DEFAULT_TIMEOUT_MIN)))
+    pending = list(jobs.items())
+    running: dict[str, Any] = {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            key, job = pending.pop(0)
+            running[key] = ex.submit(job)
+            sub.job_ids[key] = running[key].job_id
+        time.sleep(0.5)
+        for key, handle in list(running.items()):
+            if not handle.done():
+                continue
+            del running[key]
+            try:
+                sub.results[key] = handle.result()
+                say(f"{key}: {sub.results[key].get('status', 'finished')}")
+            except Exception as err:
+                sub.errors[key] = _last_line(err)
+                say(f"{key}: failed: {sub.errors[key]}")
+
+
+def run_jobs(jobs: Mapping[str, Any], executor: str, params: Mapping[str, Any], folder: Path, name: str,
+             parallel: int | None = None, progress: Any = None) -> Submission:
+    """Callables other than sweep cells (suite.search's trial workers) through the same executors:
+    debug in this process, local `parallel` at a time (blocking), slurm one job array with `params`
+    (a profile checked by `resources`); returns at once for slurm (then `wait`)."""
+    say = progress or (lambda line: None)
+    sub = Submission(plan=Plan(), executor=executor, folder=Path(folder).resolve())
+    if executor == "debug":
+        _run_debug(sub, dict(jobs), say)
+    elif executor == "local":
+        _run_local(sub, dict(jobs), params, parallel or len(jobs), say)
+    else:
+        ex = submitit.AutoExecutor(folder=sub.folder / "%j", cluster="slurm")
+        try:
+            ex.update_parameters(**{"name": name, "slurm_array_parallelism": len(jobs), **params})
+        except (ValueError, NameError, AssertionError, TypeError) as err:
+            raise ConfigError(f"profile: submitit rejects the parameters: "
+                              f"{str(err).splitlines()[0]}") from None
+        with ex.batch():
+            handles = [ex.submit(job) for job in jobs.values()]
+        sub.job_ids = {key: h.job_id for key, h in zip(jobs, handles)}
+        say(f"submitted {len(jobs)} jobs as SLURM job array {handles[0].job_id.split('_')[0]}")
+    return sub
+
+
+def wait(sub: Submission, poll_s: float = 2.0, timeout_s: float | None = None) -> dict[str, str]:
+    """SLURM: block until every submitted job has left the queue; returns key -> final state."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        states = job_states(list(sub.job_ids.values()))
+        final = {k: states.get(j, "UNKNOWN") for k, j in sub.job_ids.items()}
+        if all(s not in ACTIVE_SLURM for s in final.values()):
+            return final
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"jobs still active after {timeout_s} s: {final}")
+        time.sleep(poll_s)
+
+
+# ---------------------------------------------------------------------------------------- status
+
+@dataclass
+class CellState:
+    key: str
+    state: str  # pending, queued, running, interrupted, finished, failed, diverged
+    step: int | None = None
+    loss: float | None = None
+    job_id: str | None = None
+    note: str = ""
+
+
+def cell_states(sweep: Sweep, tracking_uri: str | None = None) -> list[CellState]:
+    """One row per cell from the MLflow records, refined by squeue for SLURM jobs: a record that
+    says queued/running/interrupted while its job is pending shows `queued`; one whose job left
+    the queue without recording an end shows `failed` with the SLURM state."""
+    from suite import tracking
+
+    uri = tracking.store_uri(sweep.out_dir, tracking_uri)
+    db = tracking._sqlite_path(uri)
+    records: dict = {}
+    if db is None or db.exists():
+        store = tracking.Store(uri)
+        records = store.runs(store.experiment_id(sweep.name, create=False))
+    ids = [r.tags.get("job_id", "") for r in records.values() if r.tags.get("executor") == "slurm"]
+    squeue = job_states(ids)
+    rows = []
+    for cell in sweep.cells:
+        rec = records.get(cell.key)
+        if rec is None:
+            rows.append(CellState(cell.key, "pending"))
+            continue
+        loss = rec.metrics.get("train/loss")
+        row = CellState(cell.key, rec.status, rec.step, loss, rec.tags.get("job_id"),
+                        rec.tags.get("error", ""))
+        if rec.tags.get("executor") == "slurm" and rec.status in ("queued", "running", "interrupted"):
+            state = squeue.get(rec.tags.get("job_id", ""))
+            if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SUSPENDED"):
+                row.state = "queued"
+            elif state in ACTIVE_SLURM:
+                row.state = "running"
+            elif state is not None and rec.status != "interrupted":
+                row.state, row.note = "failed", f"SLURM job ended {state} without a record"
+        rows.append(row)
+    return rows
+
+
+def mlflow_server_command(out_dir: str | Path, tracking_uri: str | None = None,
+                          port: int = 5000) -> list[str]:
+    """The `mlflow server` command line for a results directory's store, UI on 127.0.0.1."""
+    from suite import tracking
+
+    uri = tracking.store_uri(out_dir, tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+           "--host", "127.0.0.1", "--port", str(port)]
+    if tracking._sqlite_path(uri):
+        tracking.prepare_store(uri)
+        cmd += ["--artifacts-destination", str(Path(out_dir).resolve() / "mlartifacts")]
+    return cmd
