@@ -332,6 +332,7 @@ def _status(p: argparse.ArgumentParser) -> Handler:
          "periln mlflow-ui sweeps/smoke.yaml --port 5000")
 def _mlflow_ui(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("sweep", nargs="?", metavar="SWEEP", help="sweep file whose out_dir holds the store")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="as for submit, e.g. out_dir=runs/x")
     p.add_argument("--out", default="runs", help="results directory without a SWEEP (default runs)")
     p.add_argument("--tracking-uri", help="store URI (default: MLFLOW_TRACKING_URI, else sqlite)")
     p.add_argument("--port", type=int, default=5000)
@@ -342,7 +343,7 @@ def _mlflow_ui(p: argparse.ArgumentParser) -> Handler:
         from suite.launch import mlflow_server_command
         from suite.sweep import load_sweep
 
-        out = load_sweep(args.sweep).out_dir if args.sweep else args.out
+        out = load_sweep(args.sweep, args.overrides).out_dir if args.sweep else args.out
         cmd = mlflow_server_command(out, args.tracking_uri, args.port)
         print(f"MLflow UI at http://127.0.0.1:{args.port} (Ctrl-C stops it):\n  {' '.join(cmd)}", flush=True)
         os.execvp(cmd[0], cmd)
