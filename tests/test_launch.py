@@ -34,6 +34,18 @@ def tiny_sweep(tmp_path, grid, name="t", steps=20, overrides=None):
     return path
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process training on one thread: on a shared 2-core machine two threads spin-wait for each
+    other (a 20-s run took minutes)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def status_rows(out):
     """`periln status` output -> {key: state}."""
     return {line.split()[0]: line.split()[1] for line in out.strip().splitlines()[1:-1]}
@@ -214,3 +226,24 @@ def test_paper_grid_dry_run_is_one_job_array(tmp_path, monkeypatch, capsys):
     assert len(list(sub.folder.rglob("*_submitted.pkl"))) == 225  # one pickled TrainJob per cell
     assert list(tmp_path.iterdir()) == []
     print(f"paper grid dry-run submit: {seconds:.2f} s for 225 cells")
+
+
+def test_eval_switch_scores_each_finished_run_into_its_record(tmp_path, monkeypatch):
+    from evals.synthetic_tasks import write_synthetic_benchmarks
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
+    write_synthetic_benchmarks(tmp_path / "tasks", n=8, tasks=("arc_easy", "piqa"))
+    path = tiny_sweep(tmp_path, {"seed": [0]}, steps=10)
+    data = yaml.safe_load(path.read_text())
+    data["eval"] = {"tasks": ["arc_easy", "piqa"], "limit": 8, "data_dir": str(tmp_path / "tasks")}
+    path.write_text(yaml.safe_dump(data))
+    sub = submit(load_sweep(path), "debug")
+    assert not sub.errors
+    store, recs = records(load_sweep(path))
+    rec = recs["pre_ln-tiny-lr0.001-s0"]
+    assert rec.status == "finished"
+    for key in ("eval/arc_easy/acc", "eval/arc_easy/acc_norm", "eval/piqa/acc"):
+        assert 0.0 <= rec.metrics[key] <= 1.0, key
+        assert store.metric_history(rec.run_id, key)[0][0] == 10  # at the run's final step
+    assert "eval.json" in [a.path for a in store.client.list_artifacts(rec.run_id)]
