@@ -10,6 +10,8 @@ set -euo pipefail
 
 # shellcheck source=env.sh
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 STATE_DIR="$PERILN_SLURM_DIR"
 RUN_DIR="$STATE_DIR/run"
@@ -19,23 +21,6 @@ HOST="$(hostname -s)"
 log() { echo "stop-cluster: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# True if process $1 is alive (not a zombie: a killed daemon can linger as
-# one here) and is named $2 (guards against a reused pid).
-is_running() {
-    local stat
-    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-    # Format: "pid (comm) state ...".
-    [[ "$stat" == *"($2) "[!Z]" "* ]]
-}
-
-# Prints the pid recorded in pid file $1 if that process is alive and is $2.
-daemon_pid() {
-    local pid
-    [[ -r "$1" ]] || return 1
-    pid="$(<"$1")"
-    [[ "$pid" =~ ^[0-9]+$ ]] && is_running "$pid" "$2" || return 1
-    echo "$pid"
-}
 
 # Active jobs: squeue's default states (pending, running, completing, ...).
 active_jobs() { squeue --noheader --format=%F 2>/dev/null | sort -u; }

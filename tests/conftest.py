@@ -17,6 +17,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one intra-op thread; on a busy 2-core machine two threads
+    spin-wait for each other (a 20-s run took minutes). Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def run_overrides(tmp_path):
     """Overrides that keep a training run tiny and all its files under tmp_path."""

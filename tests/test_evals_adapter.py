@@ -17,17 +17,11 @@ from evals.adapter import PerilnLM
 from models import ModelConfig, build_model
 from suite.tokenizer import ByteTokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 EOT = 256
 WINDOW = 16  # the model's max_seq_len: small, so truncation is easy to provoke
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A tiny model runs fastest on one intra-op thread (and is not slowed by a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

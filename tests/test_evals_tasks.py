@@ -31,6 +31,8 @@ from models import ConfigError, ModelConfig, build_model
 from suite.cli import main as periln
 from suite.tokenizer import ByteTokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 N = 12  # items per task: enough to exercise every code path, cheap with a tiny model
 EOT = 256
 
@@ -40,14 +42,6 @@ def isolated_hf(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A tiny model runs fastest on one intra-op thread (and is not slowed by a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

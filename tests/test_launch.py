@@ -18,6 +18,8 @@ from suite.launch import Interrupted, SaveOnSignal, load_profile, resources, sub
 from suite.sweep import load_sweep
 from suite.train import train
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
 
 def tiny_sweep(tmp_path, grid, name="t", steps=20, overrides=None):
     """A tiny CPU sweep file with every output under tmp_path."""
@@ -33,17 +35,6 @@ def tiny_sweep(tmp_path, grid, name="t", steps=20, overrides=None):
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process training on one thread: on a shared 2-core machine two threads spin-wait for each
-    other (a 20-s run took minutes)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def status_rows(out):

@@ -26,16 +26,6 @@ except ImportError:  # pragma: no cover
 GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny runs are fastest on one thread (and 2 threads on a loaded 2-core machine are slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_sweep(tmp_path, search_spec=None, lrs=(1e-3, 3e-3, 1e-2), overrides=None, seeds=(0,),
                placements=("pre_ln",)):
