@@ -274,7 +274,14 @@ def test_reference_file_carries_the_papers_numbers_with_tags():
     assert got[("5-task average", "3.2b", "peri_ln")] == (58.56, "secondary")
     assert got[("eval loss", "400m", "peri_ln")] == (3.34, "secondary, low confidence")
     assert got[("perplexity", "250m", "lns")] == (20.35, "secondary")
-    assert len([k for k in got if k[0] == "5-task average"]) == 7
+    # issue 13: the sources' other numbers, the 3.2B Pre-LN average kept but marked as conflicting
+    assert got[("5-task average", "1.5b", "post_ln")] == (45.49, "secondary")
+    assert got[("5-task average", "3.2b", "pre_ln")] == (56.69, "secondary, conflicting")
+    assert got[("eval loss", "400m", "post_ln")] == (7.46, "secondary, low confidence")
+    assert got[("eval loss", "1.5b", "post_ln")][0] == 5.38
+    assert (got[("eval loss", "1.5b", "pre_ln")][0], got[("eval loss", "1.5b", "peri_ln")][0]) == (3.29, 3.18)
+    assert got[("eval loss", "3.2b", "peri_ln")][0] == 3.11
+    assert len([k for k in got if k[0] == "5-task average"]) == 8
 
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
