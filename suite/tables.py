@@ -237,13 +237,14 @@ def export(sweep: str, out_dir: str | Path, tracking_uri: str | None = None) -> 
 
 # -------------------------------------------------------------------------------------- analysis
 
-def _finite(v: Any) -> float | None:
+def finite(v: Any) -> float | None:
+    """v as a float when it is a finite number; None for a missing cell, NaN or inf."""
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
 def paper_avg(row: dict[str, Any]) -> float | None:
     """5-task average (fraction) of one run: evals.tasks.AVERAGE_METRIC of each PAPER_TASKS task."""
-    values = [_finite(row.get(metric_key(t, AVERAGE_METRIC[t]))) for t in PAPER_TASKS]
+    values = [finite(row.get(metric_key(t, AVERAGE_METRIC[t]))) for t in PAPER_TASKS]
     return None if any(v is None for v in values) else sum(values) / len(values)
 
 
@@ -253,7 +254,7 @@ def layer_profile(row: dict[str, Any], family: str) -> dict[int, float]:
     out = {}
     for col, v in row.items():
         m = pat.match(col)
-        if m and _finite(v) is not None:
+        if m and finite(v) is not None:
             out[int(m.group(1))] = float(v)
     return out
 
@@ -329,11 +330,11 @@ class Analysis:
 
     # --- the LR rule
     def _choose(self, arm: str, size: str) -> tuple[float | None, str]:
-        metric = "eval_loss" if any(_finite(r.get("eval_loss")) is not None
+        metric = "eval_loss" if any(finite(r.get("eval_loss")) is not None
                                     for r in self.runs(arm, size)) else "train_loss"
         best, best_key = None, None
         for lr in self.lrs(arm, size):
-            st = Stat.of(_finite(r.get(metric)) for r in self.runs(arm, size, lr))
+            st = Stat.of(finite(r.get(metric)) for r in self.runs(arm, size, lr))
             if st.n == 0:
                 continue
             div, _ = self.counts(arm, size, lr)
@@ -360,7 +361,7 @@ class Analysis:
 
 
 def col(name: str) -> Callable[[dict], float | None]:
-    return lambda r: _finite(r.get(name))
+    return lambda r: finite(r.get(name))
 
 
 # ------------------------------------------------------------------------------------- rendering
@@ -551,7 +552,7 @@ def lr_table(a: Analysis) -> TableSet:
                     row.append(DASH)
                     continue
                 div, n = a.counts(arm, size, lr)
-                st = Stat.of(_finite(r.get(metric)) for r in a.runs(arm, size, lr))
+                st = Stat.of(finite(r.get(metric)) for r in a.runs(arm, size, lr))
                 text = "diverged" if n and div == n else fnum(st.mean, 3)
                 if div and div < n:
                     text += f" ({div}/{n} div)"
@@ -575,7 +576,7 @@ QUANTITIES: dict[str, tuple[Callable[[dict], float | None], float, int]] = {
     # quantity in paper_reference.csv -> (per-run value, scale to the paper's unit, decimals)
     "5-task average": (paper_avg, 100.0, 2),
     "eval loss": (col("eval_loss"), 1.0, 3),
-    "perplexity": (lambda r: None if _finite(r.get("eval_loss")) is None else math.exp(r["eval_loss"]),
+    "perplexity": (lambda r: None if finite(r.get("eval_loss")) is None else math.exp(r["eval_loss"]),
                    1.0, 2),
 }
 
@@ -712,7 +713,7 @@ def _sum_all_lrs(name: str) -> Callable[[Analysis, str, str], float | None]:
 
     def value(a: Analysis, arm: str, size: str) -> float | None:
         runs = a.runs(arm, size, status=None)
-        vals = [_finite(r.get(name)) for r in runs if r["status"] in (USED, DIVERGED)]
+        vals = [finite(r.get(name)) for r in runs if r["status"] in (USED, DIVERGED)]
         vals = [v for v in vals if v is not None]
         return sum(vals) if vals else None
 
@@ -754,7 +755,7 @@ def _fp16_margin(a: Analysis) -> tuple[str, str]:
             runs = [r for r in a.runs(arm, size, status=None) if r["status"] in (USED, DIVERGED)]
             peaks = [max(layer_profile(r, "diag/maxabs").values(), default=None) for r in runs]
             peaks = [p for p in peaks if p is not None]
-            over = [_finite(r.get("diag/fp16_overflow")) for r in runs]
+            over = [finite(r.get("diag/fp16_overflow")) for r in runs]
             over = [v for v in over if v is not None]
             if not peaks and not over:
                 continue
