@@ -1,4 +1,4 @@
-"""Figures from the tidy CSVs (runs.csv, curves.csv; see suite/tables.py), PNG and PDF.
+"""Figures from the tidy CSVs (runs.csv, curves.csv; see suite/records.py), PNG and PDF.
 
 - loss_curves: train and eval loss against step, per placement at its chosen LR (the Table 1 rule),
   mean over the finished seeds with a min-max band;
@@ -26,7 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator  # noqa: E402
 
-from suite.tables import ARM_ORDER, Analysis, Stat, finite, read_curves, read_runs  # noqa: E402
+from suite.analysis import ARM_ORDER, Analysis, Stat, finite  # noqa: E402
+from suite.records import read_curves, read_runs  # noqa: E402
 
 LAYER_FIGURES = (
     # (file stem, metric family, y label, log scale)
