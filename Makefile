@@ -6,12 +6,14 @@ BIN := $(VENV)/bin
 demo: $(VENV)/.installed  ## the end-to-end demo on embedded defaults (CPU, no internet)
 	$(BIN)/periln demo
 
-test: $(VENV)/.installed  ## lint, then the whole test suite (CPU; SLURM tests need root + apt)
+test: $(VENV)/.installed  ## lint, import contracts, then the whole test suite (CPU; SLURM tests need root + apt)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # torch is pinned in the same pip command: otherwise pip may pick a multi-GB CUDA build of a newer
 # torch (the range in pyproject.toml admits 2.13.0, whose CPU wheel is what CI installs).

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +53,14 @@ class PerilnLM(TemplateLM):
     """An lm-eval LM over a suite model and tokenizer.
 
     In process: PerilnLM(model=..., tokenizer=...). From lm-eval's command line (see
-    evals/lm_eval_cli.py): --model periln --model_args checkpoint=<run dir, .ckpt or run key>.
+    suite/lm_eval_cli.py): --model periln --model_args checkpoint=<run dir, .ckpt or run key>.
     """
+
+    # How `checkpoint=` (lm-eval builds the model from --model_args strings) becomes (model,
+    # tokenizer, checkpoint path), given (checkpoint, out_dir). Training checkpoints are the suite's
+    # format, so the suite sets this before it runs lm-eval's command line (suite/lm_eval_cli.py);
+    # evals itself never reads one.
+    checkpoint_loader: ClassVar[Callable[[str, str], tuple[torch.nn.Module, Any, str]] | None] = None
 
     def __init__(self, model: torch.nn.Module | None = None, tokenizer: Any = None,
                  checkpoint: str | None = None, batch_size: int | str | None = DEFAULT_BATCH_SIZE,
@@ -66,10 +73,11 @@ class PerilnLM(TemplateLM):
                              "checkpoint, out_dir, batch_size, device, dtype, max_length, prefix_eot")
         self.checkpoint = None
         if checkpoint is not None:
-            from evals.checkpoint import load_checkpoint, resolve_checkpoint
-
-            loaded = load_checkpoint(resolve_checkpoint(checkpoint, out_dir))
-            model, tokenizer, self.checkpoint = loaded.model, loaded.tokenizer, str(loaded.checkpoint)
+            load = type(self).checkpoint_loader
+            if load is None:
+                raise ValueError("periln model: checkpoint= needs the suite's checkpoint loader; run lm-eval "
+                                 "as `python -m suite.lm_eval_cli ...`")
+            model, tokenizer, self.checkpoint = load(checkpoint, out_dir)
         if model is None or tokenizer is None:
             raise ValueError("PerilnLM needs model= and tokenizer=, or checkpoint=")
         if dtype not in DTYPES:

@@ -1,6 +1,7 @@
 """lm-eval's own command line with the `periln` model registered (lm-eval has no plugin hook).
+Run it as suite/lm_eval_cli.py, which hands it the suite's checkpoint loader:
 
-    python -m evals.lm_eval_cli run --model periln \
+    python -m suite.lm_eval_cli run --model periln \
         --model_args checkpoint=runs/default/peri_ln-tiny-lr0.001-s0 \
         --tasks arc_easy,piqa --limit 50 --batch_size 32 [--data-dir DIR]
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from collections.abc import Callable
+from typing import Any
 
 from models import ConfigError
 
@@ -61,12 +64,17 @@ def _batch_size_option(argv: list[str]) -> None:
         argv += ["--batch_size", size]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, checkpoint_loader: Callable[[str, str], Any] | None = None) -> None:
+    """checkpoint_loader: how the model argument `checkpoint=` becomes (model, tokenizer, path); see
+    evals.adapter.PerilnLM.checkpoint_loader."""
     argv = list(sys.argv[1:] if argv is None else argv)
     _batch_size_option(argv)
     from lm_eval.__main__ import cli_evaluate
 
-    import evals.adapter  # noqa: F401  (registers the `periln` model)
+    from evals.adapter import PerilnLM  # registers the `periln` model
+
+    if checkpoint_loader is not None:
+        PerilnLM.checkpoint_loader = checkpoint_loader
 
     try:
         data_dir = _pop_option(argv, "--data-dir")

@@ -1,14 +1,14 @@
 """Scoring: lm-eval over the suite's tasks, flattened into `eval/<task>/<metric>` numbers.
 
 `evaluate(lm, ...)` runs lm-eval's `simple_evaluate` in process with the built-in task configs
-(pointed at local files when a data directory is given); `evaluate_checkpoint(...)` loads a run's
-checkpoint first. Both return {"metrics": {flat numbers}, "meta": {provenance}}: the shape the
-tracking and sweep code log (metrics as MLflow metrics, meta as a JSON artifact).
+(pointed at local files when a data directory is given) and returns {"metrics": {flat numbers},
+"meta": {provenance}}: the shape the tracking and sweep code log (metrics as MLflow metrics, meta as
+a JSON artifact). Scoring a training checkpoint (which evals does not read) is
+suite.evaluate.evaluate_checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -30,9 +30,6 @@ from evals.tasks import (
 from models import ConfigError
 
 log = logging.getLogger("evals")
-
-RESULT_FILE = "eval.json"
-
 
 def evaluate(lm, tasks: str | list[str] | tuple[str, ...] = "paper", *, limit: int | float | None = None,
              data_dir: str | Path | None = None, num_fewshot: int = 0, cache_dir: str | Path | None = None,
@@ -143,37 +140,3 @@ def _flatten(out: dict[str, Any], names: tuple[str, ...], lm, before: dict, seco
     log.info("%d requests in %.1f s (%.1f requests/s while scoring), %.1f s in all", requests, forward,
              meta["requests_per_s"] or 0.0, seconds)
     return {"metrics": metrics, "meta": meta}
-
-
-def evaluate_checkpoint(ckpt_or_run_dir: str | Path, tasks: str | list[str] | tuple[str, ...] = "paper",
-                        limit: int | float | None = None, data_dir: str | Path | None = None,
-                        batch_size: int = 32, *, num_fewshot: int = 0, device: str | None = None,
-                        dtype: str = "float32", cache_dir: str | Path | None = None,
-                        out_dir: str | Path = "runs", sweep: str | None = None) -> dict[str, Any]:
-    """Load a checkpoint (a .ckpt file, a run directory, or a run key under out_dir) and score it.
-    Returns {"metrics": {"eval/<task>/<metric>": value, ..., "eval/paper_avg": ...},
-             "meta": {task versions, lm-eval version, num_fewshot, limit, requests/s, checkpoint, ...}}."""
-    from evals.adapter import PerilnLM
-    from evals.checkpoint import load_checkpoint, resolve_checkpoint
-
-    names = resolve_tasks(tasks)  # bad task names fail before the checkpoint is read
-    if data_dir is not None:
-        task_data.locate(data_dir, names)
-    loaded = load_checkpoint(resolve_checkpoint(ckpt_or_run_dir, out_dir, sweep))
-    lm = PerilnLM(model=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, device=device,
-                  dtype=dtype)
-    lm.checkpoint = str(loaded.checkpoint)
-    result = evaluate(lm, names, limit=limit, data_dir=data_dir, num_fewshot=num_fewshot, cache_dir=cache_dir)
-    result["meta"].update(checkpoint=str(loaded.checkpoint), run_dir=str(loaded.run_dir), key=loaded.key,
-                          step=loaded.step)
-    return result
-
-
-def write_result(result: dict[str, Any], path: str | Path) -> Path:
-    """The result as JSON (atomically); by default <run_dir>/eval.json."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
-    tmp.replace(path)
-    return path

@@ -125,7 +125,7 @@ def _sizes(p: argparse.ArgumentParser) -> Handler:
          "(scores to <run_dir>/eval.json)",
          "periln eval runs/default/peri_ln-tiny-lr0.001-s0 --limit 50 --data-dir data/benchmarks/")
 def _eval(p: argparse.ArgumentParser) -> Handler:
-    from evals.cli import add_eval_arguments, run_eval
+    from suite.evaluate import add_eval_arguments, run_eval
 
     add_eval_arguments(p)
     return run_eval
@@ -134,7 +134,7 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
 @command("data", "task data: fetch the evaluation sets from the hub, or write synthetic ones",
          "periln data fetch-benchmarks data/benchmarks/")
 def _data(p: argparse.ArgumentParser) -> Handler:
-    from evals.cli import add_data_arguments, run_data
+    from suite.evaluate import add_data_arguments, run_data
 
     add_data_arguments(p)
     return run_data

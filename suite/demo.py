@@ -3,7 +3,7 @@
 sweeps/smoke.yaml (three placements x two LRs x two seeds, tiny model, synthetic corpus) through the
 local executor into the embedded MLflow store (sqlite), each finished run scored with lm-eval on
 offline benchmarks in the five tasks' Hugging Face schemas built from the synthetic corpus's facts
-(evals/synthetic_tasks.py), then the tables and figures from the records (suite/tables.py,
+(suite/synthetic_tasks.py), then the tables and figures from the records (suite/tables.py,
 suite/figures.py). Running it again skips the finished cells and rebuilds the tables.
 
 Everything lands under one folder (default results/demo/):
@@ -87,10 +87,10 @@ def run_demo(out: str | Path = "results/demo", sweep_file: str | Path = SMOKE,
              benchmark_items: int = 200, parallel: int | None = None,
              say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the demo; returns {"seconds", "files", "tables", "errors"}."""
-    from evals.synthetic_tasks import write_synthetic_benchmarks
     from suite import launch, tables, tracking
     from suite.config import parse_overrides, read_yaml
     from suite.sweep import sweep_from_dict
+    from suite.synthetic_tasks import write_synthetic_benchmarks
 
     start = time.perf_counter()
     out = Path(out)

@@ -1,4 +1,4 @@
-"""Figures from the tidy CSVs (runs.csv, curves.csv; see suite/tables.py), PNG and PDF.
+"""Figures from the tidy CSVs (runs.csv, curves.csv; see suite/records.py), PNG and PDF.
 
 - loss_curves: train and eval loss against step, per placement at its chosen LR (the Table 1 rule),
   mean over the finished seeds with a min-max band;
@@ -26,7 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator  # noqa: E402
 
-from suite.tables import ARM_ORDER, Analysis, Stat, _finite, read_curves, read_runs  # noqa: E402
+from suite.analysis import ARM_ORDER, Analysis, Stat, finite  # noqa: E402
+from suite.records import read_curves, read_runs  # noqa: E402
 
 LAYER_FIGURES = (
     # (file stem, metric family, y label, log scale)
@@ -83,7 +84,7 @@ def _mean_band(series: list[tuple[list[int], list[float]]]):
     by_step: dict[int, list[float]] = {}
     for steps, values in series:
         for s, v in zip(steps, values):
-            if _finite(v) is not None:
+            if finite(v) is not None:
                 by_step.setdefault(s, []).append(v)
     steps = sorted(by_step)
     return (steps, [statistics.fmean(by_step[s]) for s in steps], [min(by_step[s]) for s in steps],
@@ -132,7 +133,7 @@ def loss_vs_lr(a: Analysis, out_dir: Path) -> list[Path]:
             metric = a.select_metric[(arm, size)]
             xs, ys, errs, div_x = [], [], [], []
             for lr in a.lrs(arm, size):
-                st = Stat.of(_finite(r.get(metric)) for r in a.runs(arm, size, lr))
+                st = Stat.of(finite(r.get(metric)) for r in a.runs(arm, size, lr))
                 div, n = a.counts(arm, size, lr)
                 if st.mean is not None:
                     xs.append(lr)

@@ -284,10 +284,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         return result
 
     def _evaluate(self, cfg: RunConfig, last: Path) -> dict[str, Any]:
-        try:
-            from evals import evaluate_checkpoint  # type: ignore[attr-defined]
-        except ImportError:
-            from evals.run import evaluate_checkpoint
+        from suite.evaluate import evaluate_checkpoint
+
         spec = self.eval_spec
         return evaluate_checkpoint(str(last), list(spec["tasks"]), limit=spec.get("limit"),
                                    data_dir=spec.get("data_dir"), batch_size=spec.get("batch_size", 32),

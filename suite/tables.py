@@ -1,25 +1,12 @@
-"""Tables from the records: MLflow -> runs.csv (+ curves.csv) -> Markdown, LaTeX and CSV tables.
+"""Tables from runs.csv: Markdown, LaTeX and CSV (Table 1, LR sensitivity, the paper comparison,
+the claims), and `periln tables` (regenerate: export the records, build the tables and figures).
 
-Two tidy files are the interface between the records and everything built from them; both are
-results in their own right, and `periln tables --from-csv runs.csv` rebuilds every table and figure
-from them without MLflow:
-
-- `runs.csv`: one row per run. Leading columns RUN_COLUMNS (identity, status, provenance, final
-  train/eval loss), then every other final metric of the run, sorted by name (`eval/<task>/<metric>`,
-  `diag/var/layer_03`, `diag/spikes`, ...). Empty cell = not recorded.
-- `curves.csv`: one row per logged point, columns CURVE_COLUMNS (key, metric, step, value), for the
-  figures (loss curves).
-
-The rules (also printed in every caption):
-- LR_RULE: which learning rate represents a placement at a size;
-- DIVERGENCE_RULE: what happens to diverged seeds;
-- mean ± std over seeds is the sample standard deviation (n - 1), blank for n = 1.
+The records and their schema are suite.records, the aggregation and its rules suite.analysis, the
+claims' verdicts suite.claims; this module renders them.
 
 Rebuilding from the same runs.csv gives byte-identical files: no clock, no absolute path, stable
 sorting, fixed float formatting; the header's commit is the one recorded in the runs (or passed in),
 never the checkout that happens to rebuild them.
-
-Only suite/tracking.py imports mlflow; `export` asks it for the runs.
 """
 
 from __future__ import annotations
@@ -29,338 +16,19 @@ import hashlib
 import io
 import math
 import re
-import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evals.tasks import AVERAGE_METRIC, PAPER_TASKS, metric_key
-from models import SIZES, ConfigError
-
-# ------------------------------------------------------------------------------------------ schema
-
-RUN_COLUMNS: tuple[str, ...] = (
-    "key", "sweep", "arm", "placement", "placement_args", "variant", "size", "lr", "seed",
-    "status", "diverged_step", "step", "embed_norm", "tokenizer", "data_source", "eval_source",
-    "commit", "dirty", "train_loss", "eval_loss", "tokens_per_s",
-)
-CURVE_COLUMNS: tuple[str, ...] = ("key", "metric", "step", "value")
-INT_COLUMNS = ("seed", "diverged_step", "step")
-FLOAT_COLUMNS = ("lr", "train_loss", "eval_loss", "tokens_per_s")
-# metrics mapped onto the leading columns (their final values) rather than repeated under their name
-FINAL_ALIASES = {"train/loss": "train_loss", "val/loss": "eval_loss", "train/tokens_per_s": "tokens_per_s"}
-
-USED = "finished"  # the only status whose numbers enter means
-DIVERGED = "diverged"
+from models import ConfigError
+from suite.analysis import DASH, DIVERGENCE_RULE, LR_RULE, STD_RULE, Analysis, Stat, col, finite, paper_avg
+from suite.claims import CLAIMS
+from suite.records import export, read_runs, write_atomic
 
 TASK_LABELS = {"arc_easy": "ARC-Easy", "hellaswag": "HellaSwag", "piqa": "PIQA", "social_iqa": "SIQA",
                "winogrande": "Winogrande"}
-ARM_ORDER = ("post_ln", "pre_ln", "peri_ln")  # the paper's order; other arms follow, sorted
-FP16_MAX = 65504.0  # largest finite float16
-
-LR_RULE = ("LR chosen per (placement, size): among the learning rates with no diverged seed, the one "
-           "with the lowest mean final eval loss over its seeds (ties: the smaller LR); if every LR has "
-           "a diverged seed, the one with the fewest, then the lowest mean eval loss. Final train loss "
-           "stands in where no run of that placement and size recorded an eval loss.")
-DIVERGENCE_RULE = ("Diverged seeds are kept and shown as k/n diverged (n = finished + diverged seeds "
-                   "at that LR); they are excluded from mean ± std. Failed and unfinished runs are "
-                   "excluded and counted in the note below the table.")
-STD_RULE = "mean ± std over seeds (sample std, n - 1; no std when n = 1)."
-
-
-# --------------------------------------------------------------------------------------- reading
-
-def _num(text: str, where: str) -> float | None:
-    if text == "":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(f"{where}: expected a number; got {text!r}") from None
-
-
-def read_runs(path: str | Path) -> list[dict[str, Any]]:
-    """runs.csv -> one dict per run: identity columns as str/int/float, metrics as float or None."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file (export one with `periln tables SWEEP`)")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(line for line in fh if not line.startswith("#"))
-        required = ("key", "arm", "size", "lr", "seed", "status")
-        missing = [c for c in required if c not in (reader.fieldnames or ())]
-        if missing:
-            raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; expected runs.csv columns "
-                              f"{', '.join(RUN_COLUMNS)}")
-        rows = []
-        for i, raw in enumerate(reader, start=2):
-            row: dict[str, Any] = {}
-            for col, text in raw.items():
-                text = text or ""
-                where = f"{path.name} line {i}, column {col}"
-                if col in INT_COLUMNS:
-                    v = _num(text, where)
-                    row[col] = None if v is None else int(v)
-                elif col in FLOAT_COLUMNS or "/" in col or col.startswith("lr-"):
-                    row[col] = _num(text, where)
-                else:
-                    row[col] = text
-            if row.get("lr") is None or row.get("seed") is None:
-                raise ConfigError(f"{path.name} line {i}: lr and seed are required")
-            rows.append(row)
-    return rows
-
-
-def read_curves(path: str | Path) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
-    """curves.csv -> {key: {metric: (steps, values)}}, steps ascending."""
-    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    path = Path(path)
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as fh:
-        for raw in csv.DictReader(line for line in fh if not line.startswith("#")):
-            out.setdefault(raw["key"], {}).setdefault(raw["metric"], []).append(
-                (int(float(raw["step"])), float(raw["value"])))
-    return {k: {m: ([s for s, _ in sorted(pts)], [v for _, v in sorted(pts)]) for m, pts in ms.items()}
-            for k, ms in out.items()}
-
-
-def _csv_value(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return repr(v)  # shortest round-trip form: stable and lossless
-    return str(v)
-
-
-def write_runs_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write runs.csv: RUN_COLUMNS, then every other column present, sorted; rows sorted by key."""
-    extra = sorted({c for r in rows for c in r} - set(RUN_COLUMNS))
-    cols = [*RUN_COLUMNS, *extra]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    for r in sorted(rows, key=lambda r: str(r["key"])):
-        w.writerow([_csv_value(r.get(c)) for c in cols])
-    return _write(Path(path), buf.getvalue())
-
-
-def write_curves_csv(points: Iterable[tuple[str, str, int, float]], path: str | Path) -> Path:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CURVE_COLUMNS)
-    for key, metric, step, value in sorted(points, key=lambda p: (p[0], p[1], p[2])):
-        w.writerow([key, metric, int(step), _csv_value(float(value))])
-    return _write(Path(path), buf.getvalue())
-
-
-def _write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
-# ------------------------------------------------------------------------------- MLflow -> CSVs
-
-def _fmt_g(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def run_row(run: dict[str, Any]) -> dict[str, Any]:
-    """One exported record (tracking.export_runs) -> one runs.csv row."""
-    params, tags, metrics = run.get("params", {}), run.get("tags", {}), run.get("metrics", {})
-
-    def get(name: str, default: Any = None) -> Any:
-        for source in (tags, params):
-            if source.get(name) not in (None, ""):
-                return source[name]
-        return default
-
-    placement = str(get("placement", ""))
-    size = str(get("size", ""))
-    lr = float(get("lr", "nan"))
-    seed = int(float(get("seed", 0)))
-    key = str(get("run_key") or get("key") or run.get("name") or "")
-    args = {k[len("placement_args."):]: v for k, v in params.items() if k.startswith("placement_args.")}
-    # the arm: the run key without size, LR and seed (placement, its arguments, any variant)
-    mid = f"-{size}-lr{_fmt_g(lr)}-s{seed}"
-    at = key.find(mid)
-    arm = key[:at] + key[at + len(mid):] if at > 0 else placement
-    embed = params.get("model.embed_norm")
-    if embed in (None, ""):
-        try:
-            from models.placements import get_placement
-
-            embed = bool(get_placement(placement).embed_norm)
-        except Exception:  # noqa: BLE001 -- an unknown (since removed) placement: not recorded
-            embed = None
-    else:
-        embed = str(embed).lower() == "true"
-    diverged_step = get("diverged_step")
-    row: dict[str, Any] = dict(
-        key=key, sweep=get("sweep", ""), arm=arm, placement=placement,
-        placement_args=";".join(f"{k}={v}" for k, v in sorted(args.items())),
-        variant=get("variant", ""),
-        size=size, lr=lr, seed=seed, status=get("status", ""),
-        diverged_step=None if diverged_step in (None, "") else int(float(diverged_step)),
-        step=run.get("step"), embed_norm=embed,
-        tokenizer=params.get("data.tokenizer", ""), data_source=params.get("data.source", ""),
-        eval_source=params.get("data.eval_source", "") if params.get("data.eval_source") != "None" else "",
-        commit=get("git_commit") or get("commit") or "", dirty=get("git_dirty") or get("dirty") or "",
-    )
-    for name, value in metrics.items():
-        row[FINAL_ALIASES.get(name, name)] = float(value)
-    return row
-
-
-def export(sweep: str, out_dir: str | Path, tracking_uri: str | None = None) -> tuple[Path, Path]:
-    """The sweep's MLflow runs -> <out_dir>/runs.csv and <out_dir>/curves.csv."""
-    from suite import tracking
-
-    runs = tracking.export_runs(sweep, tracking_uri)
-    if not runs:
-        raise ConfigError(f"no MLflow runs for sweep {sweep!r} in {tracking_uri or 'the default store'}; "
-                          "submit it first (periln submit) or pass --from-csv runs.csv")
-    rows, points = [], []
-    for run in runs:
-        row = run_row(run)
-        rows.append(row)
-        for metric, history in run.get("history", {}).items():
-            points.extend((row["key"], metric, int(s), float(v)) for s, v in history)
-    out_dir = Path(out_dir)
-    return write_runs_csv(rows, out_dir / "runs.csv"), write_curves_csv(points, out_dir / "curves.csv")
-
-
-# -------------------------------------------------------------------------------------- analysis
-
-def _finite(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-def paper_avg(row: dict[str, Any]) -> float | None:
-    """5-task average (fraction) of one run: evals.tasks.AVERAGE_METRIC of each PAPER_TASKS task."""
-    values = [_finite(row.get(metric_key(t, AVERAGE_METRIC[t]))) for t in PAPER_TASKS]
-    return None if any(v is None for v in values) else sum(values) / len(values)
-
-
-def layer_profile(row: dict[str, Any], family: str) -> dict[int, float]:
-    """{layer index: value} from columns `<family>/layer_NN` (or `/block_NN`)."""
-    pat = re.compile(rf"^{re.escape(family)}/(?:layer|block)_(\d+)$")
-    out = {}
-    for col, v in row.items():
-        m = pat.match(col)
-        if m and _finite(v) is not None:
-            out[int(m.group(1))] = float(v)
-    return out
-
-
-@dataclass(frozen=True)
-class Stat:
-    mean: float | None
-    std: float | None
-    n: int  # values that entered the mean
-
-    @staticmethod
-    def of(values: Iterable[float | None]) -> Stat:
-        vals = [v for v in values if v is not None]
-        if not vals:
-            return Stat(None, None, 0)
-        return Stat(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
-
-
-def _size_order(size: str) -> tuple[int, str]:
-    names = list(SIZES)
-    return (names.index(size), size) if size in names else (len(names), size)
-
-
-def _arm_order(arm: str) -> tuple[int, str]:
-    return (ARM_ORDER.index(arm), arm) if arm in ARM_ORDER else (len(ARM_ORDER), arm)
-
-
-@dataclass
-class Analysis:
-    """The runs grouped by (arm, size, lr), with the chosen LR per (arm, size)."""
-
-    rows: list[dict[str, Any]]
-    cells: dict[tuple[str, str, float], list[dict[str, Any]]] = field(default_factory=dict)
-    chosen: dict[tuple[str, str], float | None] = field(default_factory=dict)
-    select_metric: dict[tuple[str, str], str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for r in sorted(self.rows, key=lambda r: (str(r["key"]), r["seed"])):
-            self.cells.setdefault((r["arm"], r["size"], float(r["lr"])), []).append(r)
-        for arm, size in {(a, s) for a, s, _ in self.cells}:
-            self.chosen[(arm, size)], self.select_metric[(arm, size)] = self._choose(arm, size)
-
-    # --- structure
-    @property
-    def sizes(self) -> list[str]:
-        return sorted({s for _, s, _ in self.cells}, key=_size_order)
-
-    def arms(self, size: str | None = None) -> list[str]:
-        return sorted({a for a, s, _ in self.cells if size in (None, s)}, key=_arm_order)
-
-    def lrs(self, arm: str | None = None, size: str | None = None) -> list[float]:
-        return sorted({lr for a, s, lr in self.cells if arm in (None, a) and size in (None, s)})
-
-    def runs(self, arm: str, size: str, lr: float | None = None, status: str | None = USED) -> list[dict]:
-        out = []
-        for (a, s, r), rows in sorted(self.cells.items()):
-            if a == arm and s == size and (lr is None or r == lr):
-                out.extend(x for x in rows if status is None or x["status"] == status)
-        return out
-
-    def counts(self, arm: str, size: str, lr: float | None = None) -> tuple[int, int]:
-        """(diverged, finished + diverged) seeds."""
-        fin = len(self.runs(arm, size, lr))
-        div = len(self.runs(arm, size, lr, DIVERGED))
-        return div, fin + div
-
-    def excluded(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.rows:
-            if r["status"] not in (USED, DIVERGED):
-                out[r["status"] or "unknown"] = out.get(r["status"] or "unknown", 0) + 1
-        return dict(sorted(out.items()))
-
-    # --- the LR rule
-    def _choose(self, arm: str, size: str) -> tuple[float | None, str]:
-        metric = "eval_loss" if any(_finite(r.get("eval_loss")) is not None
-                                    for r in self.runs(arm, size)) else "train_loss"
-        best, best_key = None, None
-        for lr in self.lrs(arm, size):
-            st = Stat.of(_finite(r.get(metric)) for r in self.runs(arm, size, lr))
-            if st.n == 0:
-                continue
-            div, _ = self.counts(arm, size, lr)
-            k = (div, st.mean, lr)
-            if best_key is None or k < best_key:
-                best, best_key = lr, k
-        return best, metric
-
-    def at_chosen(self, arm: str, size: str) -> list[dict[str, Any]]:
-        lr = self.chosen.get((arm, size))
-        return [] if lr is None else self.runs(arm, size, lr)
-
-    def stat(self, arm: str, size: str, fn: Callable[[dict], float | None]) -> Stat:
-        return Stat.of(fn(r) for r in self.at_chosen(arm, size))
-
-    def profile(self, arm: str, size: str, family: str) -> dict[int, float]:
-        """Per-layer mean over the chosen LR's finished seeds (layers every seed recorded)."""
-        profs = [layer_profile(r, family) for r in self.at_chosen(arm, size)]
-        profs = [p for p in profs if p]
-        if not profs:
-            return {}
-        layers = sorted(set.intersection(*(set(p) for p in profs)))
-        return {layer: statistics.fmean(p[layer] for p in profs) for layer in layers}
-
-
-def col(name: str) -> Callable[[dict], float | None]:
-    return lambda r: _finite(r.get(name))
 
 
 # ------------------------------------------------------------------------------------- rendering
@@ -389,9 +57,6 @@ class TableSet:
     csv_columns: list[str]
     csv_rows: list[list[Any]]
     notes: list[str] = field(default_factory=list)
-
-
-DASH = "—"
 
 
 def fnum(x: float | None, nd: int, signed: bool = False) -> str:
@@ -551,7 +216,7 @@ def lr_table(a: Analysis) -> TableSet:
                     row.append(DASH)
                     continue
                 div, n = a.counts(arm, size, lr)
-                st = Stat.of(_finite(r.get(metric)) for r in a.runs(arm, size, lr))
+                st = Stat.of(finite(r.get(metric)) for r in a.runs(arm, size, lr))
                 text = "diverged" if n and div == n else fnum(st.mean, 3)
                 if div and div < n:
                     text += f" ({div}/{n} div)"
@@ -575,7 +240,7 @@ QUANTITIES: dict[str, tuple[Callable[[dict], float | None], float, int]] = {
     # quantity in paper_reference.csv -> (per-run value, scale to the paper's unit, decimals)
     "5-task average": (paper_avg, 100.0, 2),
     "eval loss": (col("eval_loss"), 1.0, 3),
-    "perplexity": (lambda r: None if _finite(r.get("eval_loss")) is None else math.exp(r["eval_loss"]),
+    "perplexity": (lambda r: None if finite(r.get("eval_loss")) is None else math.exp(r["eval_loss"]),
                    1.0, 2),
 }
 
@@ -623,215 +288,7 @@ def paper_table(a: Analysis, reference: Sequence[dict[str, str]]) -> TableSet:
                     cols, csv_rows, notes)
 
 
-# ------------------------------------------------------------------------------------------ claims
-
-HOLDS, FAILS, NOT_MEASURED = "holds", "does not hold", "not measured"
-
-
-@dataclass(frozen=True)
-class Claim:
-    id: str
-    claim: str  # as PAPER.md section 2 states it
-    tag: str  # its confidence tag there
-    test: str  # the test on our data, stated
-    check: Callable[[Analysis], tuple[str, str]]  # -> (verdict, the numbers)
-
-
-def _per_size(a: Analysis, arms: Sequence[str], value: Callable[[Analysis, str, str], float | None],
-              ok: Callable[[list[float]], bool], fmt: Callable[[float], str]) -> tuple[str, str]:
-    """Apply `ok` to the arms' values at every size where all are measured."""
-    parts, verdicts = [], []
-    for size in a.sizes:
-        vals = [value(a, arm, size) for arm in arms]
-        if any(v is None for v in vals):
-            continue
-        good = ok(vals)
-        verdicts.append(good)
-        parts.append(f"{size}: " + " vs ".join(f"{arm} {fmt(v)}" for arm, v in zip(arms, vals))
-                     + ("" if good else " ✗"))
-    if not verdicts:
-        return NOT_MEASURED, f"not measured for {' and '.join(arms)} at any size"
-    return (HOLDS if all(verdicts) else FAILS), "; ".join(parts)
-
-
-def lt(x: float, y: float) -> bool:
-    """x < y beyond float noise (relative 1e-9): two seeds' stds that print alike are not "less"."""
-    return x < y - 1e-9 * max(abs(x), abs(y))
-
-
-def le(x: float, y: float) -> bool:
-    return not lt(y, x)
-
-
-def _mean_of(fn: Callable[[dict], float | None]) -> Callable[[Analysis, str, str], float | None]:
-    return lambda a, arm, size: a.stat(arm, size, fn).mean
-
-
-def _std_of(fn: Callable[[dict], float | None]) -> Callable[[Analysis, str, str], float | None]:
-    return lambda a, arm, size: a.stat(arm, size, fn).std
-
-
-def _layers(family: str, reduce: Callable[[list[float]], float | None], first: int = 1):
-    """A per-(arm, size) number from the layer profile at the chosen LR: `reduce` gets the values of
-    layers >= `first` in order."""
-
-    def value(a: Analysis, arm: str, size: str) -> float | None:
-        prof = a.profile(arm, size, family)
-        vals = [prof[k] for k in sorted(prof) if k >= first]
-        return reduce(vals) if len(vals) >= 2 else None
-
-    return value
-
-
-def _ratio_last_first(vals: list[float]) -> float | None:
-    return vals[-1] / vals[0] if vals[0] > 0 else None
-
-
-def _linear_r2(vals: list[float]) -> float | None:
-    if len(vals) < 3:
-        return None
-    xs = list(range(len(vals)))
-    mx, my = statistics.fmean(xs), statistics.fmean(vals)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, vals))
-    syy = sum((y - my) ** 2 for y in vals)
-    return 1.0 if syy == 0 else sxy * sxy / (sxx * syy)
-
-
-def _max_over_min(vals: list[float]) -> float | None:
-    return max(vals) / min(vals) if min(vals) > 0 else None
-
-
-def _cv(vals: list[float]) -> float | None:
-    m = statistics.fmean(vals)
-    return statistics.pstdev(vals) / m if m > 0 else None
-
-
-def _sum_all_lrs(name: str) -> Callable[[Analysis, str, str], float | None]:
-    """Total of a counter over every finished or diverged run of (arm, size), all LRs."""
-
-    def value(a: Analysis, arm: str, size: str) -> float | None:
-        runs = a.runs(arm, size, status=None)
-        vals = [_finite(r.get(name)) for r in runs if r["status"] in (USED, DIVERGED)]
-        vals = [v for v in vals if v is not None]
-        return sum(vals) if vals else None
-
-    return value
-
-
-def _spikes(a: Analysis) -> tuple[str, str]:
-    verdict, numbers = _per_size(a, ("peri_ln", "pre_ln"), _sum_all_lrs("diag/spikes"),
-                                 lambda v: le(v[0], v[1]), lambda v: f"{v:.0f}")
-    if verdict == HOLDS and all(_sum_all_lrs("diag/spikes")(a, arm, s) in (0, None)
-                                for s in a.sizes for arm in ("peri_ln", "pre_ln")):
-        return NOT_MEASURED, f"no spike in either placement ({numbers})"
-    return verdict, numbers
-
-
-def _no_divergence(a: Analysis) -> tuple[str, str]:
-    where, parts, ok = [], [], True
-    for size in a.sizes:
-        for lr in a.lrs("pre_ln", size):
-            pre_div, pre_n = a.counts("pre_ln", size, lr)
-            if not pre_div or ("peri_ln", size, lr) not in a.cells:
-                continue
-            peri_div, peri_n = a.counts("peri_ln", size, lr)
-            where.append((size, lr))
-            ok &= peri_div == 0
-            parts.append(f"{size} LR {lr:g}: pre_ln {pre_div}/{pre_n} diverged, peri_ln {peri_div}/{peri_n}")
-    if not where:
-        totals = ", ".join(f"{s}: pre_ln {a.counts('pre_ln', s)[0]}/{a.counts('pre_ln', s)[1]}"
-                           for s in a.sizes if a.runs("pre_ln", s, status=None))
-        return NOT_MEASURED, "Pre-LN never diverged at an LR where Peri-LN also ran" + (f" ({totals})"
-                                                                                       if totals else "")
-    return (HOLDS if ok else FAILS), "; ".join(parts)
-
-
-def _fp16_margin(a: Analysis) -> tuple[str, str]:
-    parts, ok, seen = [], True, False
-    for size in a.sizes:
-        for arm in ("peri_ln", "pre_ln"):
-            runs = [r for r in a.runs(arm, size, status=None) if r["status"] in (USED, DIVERGED)]
-            peaks = [max(layer_profile(r, "diag/maxabs").values(), default=None) for r in runs]
-            peaks = [p for p in peaks if p is not None]
-            over = [_finite(r.get("diag/fp16_overflow")) for r in runs]
-            over = [v for v in over if v is not None]
-            if not peaks and not over:
-                continue
-            if arm == "peri_ln":
-                seen = True
-                ok &= all(p < FP16_MAX for p in peaks) and not any(over)
-            peak = f"{max(peaks):.3g}" if peaks else DASH
-            parts.append(f"{size} {arm}: max|x| {peak}")
-            if over:
-                parts[-1] += f", fp16 overflows {sum(over):.0f}"
-    if not seen:
-        return NOT_MEASURED, "no Peri-LN run recorded diag/maxabs or diag/fp16_overflow"
-    return (HOLDS if ok else FAILS), "; ".join(parts)
-
-
-CLAIMS: tuple[Claim, ...] = (
-    Claim("acc_peri_ge_pre", "Peri-LN scores higher than Pre-LN (5-task average)", "secondary",
-          "Peri-LN 5-task mean ≥ Pre-LN's at every size (chosen LRs)",
-          lambda a: _per_size(a, ("peri_ln", "pre_ln"), _mean_of(paper_avg), lambda v: le(v[1], v[0]),
-                              lambda v: f"{100 * v:.2f}")),
-    Claim("acc_post_lowest", "Post-LN scores lowest (400M: 42.45 vs 49.69 / 51.57)", "secondary",
-          "Post-LN 5-task mean < Pre-LN's and < Peri-LN's at every size",
-          lambda a: _per_size(a, ("post_ln", "pre_ln", "peri_ln"), _mean_of(paper_avg),
-                              lambda v: lt(v[0], v[1]) and lt(v[0], v[2]), lambda v: f"{100 * v:.2f}")),
-    Claim("std_peri_lt_pre", "Peri-LN varies less across seeds", "secondary",
-          "std over seeds of the 5-task average: Peri-LN < Pre-LN at every size (≥ 2 seeds each)",
-          lambda a: _per_size(a, ("peri_ln", "pre_ln"), _std_of(paper_avg), lambda v: lt(v[0], v[1]),
-                              lambda v: f"{100 * v:.2f}")),
-    Claim("std_halved", "Seed-to-seed std \"reduced by more than half\" with Peri-LN", "secondary",
-          "std over seeds of the 5-task average: Peri-LN < 0.5 × Pre-LN at every size",
-          lambda a: _per_size(a, ("peri_ln", "pre_ln"), _std_of(paper_avg), lambda v: lt(v[0], 0.5 * v[1]),
-                              lambda v: f"{100 * v:.2f}")),
-    Claim("loss_peri_lt_pre", "Peri-LN reaches a lower eval loss (C4, 400M: 3.34 vs 3.43)",
-          "secondary, low confidence", "mean final eval loss: Peri-LN < Pre-LN at every size",
-          lambda a: _per_size(a, ("peri_ln", "pre_ln"), _mean_of(col("eval_loss")), lambda v: lt(v[0], v[1]),
-                              lambda v: f"{v:.3f}")),
-    Claim("var_pre_growth", "Pre-LN hidden-state variance grows sharply with depth, Peri-LN's slowly",
-          "paper", "Var(last layer) / Var(layer 1) of the residual stream at the last probe (diag/var): "
-          "Pre-LN > Peri-LN at every size",
-          lambda a: _per_size(a, ("pre_ln", "peri_ln"), _layers("diag/var", _ratio_last_first),
-                              lambda v: lt(v[1], v[0]), lambda v: f"{v:.3g}x")),
-    Claim("var_peri_linear", "Peri-LN variance grows roughly linearly: Var(x_l+1) ≈ Var(x_l) + β0",
-          "secondary", "R² of a straight line through Peri-LN's Var(layer l), l ≥ 1: ≥ 0.9 (our "
-          "threshold) at every size",
-          lambda a: _per_size(a, ("peri_ln",), _layers("diag/var", _linear_r2), lambda v: v[0] >= 0.9,
-                              lambda v: f"R² {v:.3f}")),
-    Claim("var_post_flat", "Post-LN hidden-state variance stays flat across layers", "paper",
-          "max / min over layers l ≥ 1 of Post-LN's Var(layer l) ≤ 2 (our threshold) at every size",
-          lambda a: _per_size(a, ("post_ln",), _layers("diag/var", _max_over_min), lambda v: v[0] <= 2.0,
-                              lambda v: f"{v:.3g}x")),
-    Claim("maxabs_pre_growth", "Pre-LN is prone to massive activations", "paper",
-          "max|x|(last layer) / max|x|(layer 1) at the last probe (diag/maxabs): Pre-LN > Peri-LN at "
-          "every size",
-          lambda a: _per_size(a, ("pre_ln", "peri_ln"), _layers("diag/maxabs", _ratio_last_first),
-                              lambda v: lt(v[1], v[0]), lambda v: f"{v:.3g}x")),
-    Claim("fp16_margin", "Peri-LN keeps a margin below the FP16 maximum (65504)", "paper; secondary "
-          "for FP16 details", "every finished or diverged Peri-LN run: max over layers of max|x| < 65504 "
-          "and diag/fp16_overflow = 0 (Pre-LN shown for reference)", _fp16_margin),
-    Claim("grad_steadier", "Peri-LN has steadier gradient norms across layers", "paper",
-          "coefficient of variation (std / mean) over blocks of the per-block gradient norm at the last "
-          "probe (diag/grad_norm): Peri-LN < Pre-LN at every size",
-          lambda a: _per_size(a, ("peri_ln", "pre_ln"), _layers("diag/grad_norm", _cv, first=0),
-                              lambda v: lt(v[0], v[1]), lambda v: f"{v:.3f}")),
-    Claim("post_vanishing", "Post-LN suffers vanishing gradients", "paper",
-          "grad norm of the first block / the last block (diag/grad_norm): Post-LN < Peri-LN at every "
-          "size (smaller = the bottom of the stack receives less gradient)",
-          lambda a: _per_size(a, ("post_ln", "peri_ln"), _layers("diag/grad_norm",
-                              lambda v: v[0] / v[-1] if v[-1] > 0 else None, first=0),
-                              lambda v: lt(v[0], v[1]), lambda v: f"{v:.3g}")),
-    Claim("fewer_spikes", "Peri-LN has fewer gradient spikes", "paper; secondary for counts",
-          "total diag/spikes over every finished or diverged run, all LRs: Peri-LN ≤ Pre-LN at every "
-          "size (none in either: not measured)", _spikes),
-    Claim("no_divergence", "Peri-LN does not diverge where Pre-LN diverges", "paper; secondary for "
-          "counts", "at every (size, LR) where a Pre-LN seed diverged, no Peri-LN seed diverged",
-          _no_divergence),
-)
-
+# ---------------------------------------------------------------- claims (verdicts: suite.claims)
 
 def claims_table(a: Analysis) -> TableSet:
     caption = ("Each claim of PAPER.md section 2 tested on this sweep's runs. Values are means over the "
@@ -887,9 +344,9 @@ def build(runs_csv: str | Path, out_dir: str | Path, reference: str | Path | Non
         raise ConfigError(f"{runs_csv}: no runs")
     tables = build_tables(rows, read_reference(reference or DEFAULT_REFERENCE))
     head = header(runs_csv, commit or commit_label(rows))
-    written = [_write(out_dir / "tables.md", render_markdown(tables, head)),
-               _write(out_dir / "tables.tex", render_latex(tables, head))]
-    written += [_write(out_dir / f"{t.id}.csv", render_csv(t, head)) for t in tables]
+    written = [write_atomic(out_dir / "tables.md", render_markdown(tables, head)),
+               write_atomic(out_dir / "tables.tex", render_latex(tables, head))]
+    written += [write_atomic(out_dir / f"{t.id}.csv", render_csv(t, head)) for t in tables]
     return written
 
 

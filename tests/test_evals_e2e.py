@@ -13,11 +13,11 @@ import sys
 import pytest
 import torch
 
-from evals.run import evaluate_checkpoint
-from evals.synthetic_tasks import write_synthetic_benchmarks
 from evals.tasks import AVERAGE_KEY, PAPER_TASKS
 from suite.cli import main as periln
 from suite.config import load_run_config
+from suite.evaluate import evaluate_checkpoint
+from suite.synthetic_tasks import write_synthetic_benchmarks
 from suite.train import LitLM, train
 
 N = 100  # items per task: 500 in all
@@ -111,7 +111,7 @@ def test_lm_eval_command_line_wrapper(run, tmp_path):
     cfg, bench, root = run
     out = tmp_path / "lm_eval_out"
     proc = subprocess.run(
-        [sys.executable, "-m", "evals.lm_eval_cli", "run", "--model", "periln",
+        [sys.executable, "-m", "suite.lm_eval_cli", "run", "--model", "periln",
          "--model_args", f"checkpoint={cfg.run_dir},batch_size=16", "--tasks", "piqa",
          "--data-dir", str(bench), "--limit", "10", "--output_path", str(out)],
         capture_output=True, text=True, timeout=600,

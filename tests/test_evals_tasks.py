@@ -17,7 +17,6 @@ import yaml
 from evals import data as task_data
 from evals.adapter import PerilnLM
 from evals.run import evaluate
-from evals.synthetic_tasks import records, write_synthetic_benchmarks
 from evals.tasks import (
     ALL_TASKS,
     AVERAGE_KEY,
@@ -29,6 +28,7 @@ from evals.tasks import (
 )
 from models import ConfigError, ModelConfig, build_model
 from suite.cli import main as periln
+from suite.synthetic_tasks import records, write_synthetic_benchmarks
 from suite.tokenizer import ByteTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

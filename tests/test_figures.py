@@ -4,7 +4,7 @@ a rebuild, layer figures only when the runs logged the diagnostics."""
 import pytest
 
 from suite import figures as F
-from suite import tables as T
+from suite import records as R
 
 ARMS = ("post_ln", "pre_ln", "peri_ln")
 
@@ -33,8 +33,8 @@ def write_records(folder, diagnostics=True):
                     for block in range(1, 5):
                         row[f"diag/grad_norm/block_{block:02d}"] = (0.1 * block, 1.0 / block, 0.5)[arm_i]
                 rows.append(row)
-    T.write_runs_csv(rows, folder / "runs.csv")
-    T.write_curves_csv(points, folder / "curves.csv")
+    R.write_runs_csv(rows, folder / "runs.csv")
+    R.write_curves_csv(points, folder / "curves.csv")
     return folder / "runs.csv"
 
 

@@ -220,7 +220,7 @@ def test_paper_grid_dry_run_is_one_job_array(tmp_path, monkeypatch, capsys):
 
 
 def test_eval_switch_scores_each_finished_run_into_its_record(tmp_path, monkeypatch):
-    from evals.synthetic_tasks import write_synthetic_benchmarks
+    from suite.synthetic_tasks import write_synthetic_benchmarks
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))

@@ -8,7 +8,11 @@ import math
 
 import pytest
 
+from evals.tasks import AVERAGE_METRIC, PAPER_TASKS, metric_key
 from models import ConfigError
+from suite import analysis as A
+from suite import claims as C
+from suite import records as R
 from suite import tables as T
 from suite.cli import main
 
@@ -115,12 +119,12 @@ def _sha(path):
 
 
 def test_lr_rule_and_divergence_rule(runs_csv):
-    a = T.Analysis(T.read_runs(runs_csv))
+    a = A.Analysis(R.read_runs(runs_csv))
     assert a.chosen == {("post_ln", "tiny"): 0.001, ("pre_ln", "tiny"): 0.001,
                         ("peri_ln", "tiny"): 0.01, ("mix_ln_alpha0.25", "tiny"): 0.001}
     # diverged seeds are counted, never averaged: pre_ln at 0.01 has mean 2.8 over its one finished seed
     assert a.counts("pre_ln", "tiny", 0.01) == (1, 2)
-    assert T.Stat.of(r["eval_loss"] for r in a.runs("pre_ln", "tiny", 0.01)).mean == pytest.approx(2.8)
+    assert A.Stat.of(r["eval_loss"] for r in a.runs("pre_ln", "tiny", 0.01)).mean == pytest.approx(2.8)
     # the failed run counts nowhere but the note
     assert a.counts("post_ln", "tiny", 0.01) == (2, 2) and a.excluded() == {"failed": 1}
 
@@ -134,17 +138,17 @@ def test_lr_rule_ties_and_train_loss_fallback():
     rows = [_row("pre_ln", 0.003, 0, eval_loss=2.0), _row("pre_ln", 0.001, 0, eval_loss=2.0),
             # no eval loss anywhere for peri_ln: train loss decides
             _row("peri_ln", 0.001, 0, train_loss=1.5), _row("peri_ln", 0.003, 0, train_loss=1.2)]
-    a = T.Analysis(rows)
+    a = A.Analysis(rows)
     assert a.chosen[("pre_ln", "tiny")] == 0.001  # tie: the smaller LR
     assert a.chosen[("peri_ln", "tiny")] == 0.003 and a.select_metric[("peri_ln", "tiny")] == "train_loss"
 
 
 def verdicts(rows):
-    return {c.id: c.check(T.Analysis(rows)) for c in T.CLAIMS}
+    return {c.id: c.check(A.Analysis(rows)) for c in C.CLAIMS}
 
 
 def test_claims_verdicts_on_constructed_data(runs_csv):
-    v = verdicts(T.read_runs(runs_csv))
+    v = verdicts(R.read_runs(runs_csv))
     # holds: 56.00 >= 47.00; 0.00 < 1.41 (and < half of it); 2.650 < 3.100; post 36 lowest
     assert v["acc_peri_ge_pre"] == ("holds", "tiny: peri_ln 56.00 vs pre_ln 47.00")
     assert v["std_peri_lt_pre"][0] == "holds" and v["std_halved"][0] == "holds"
@@ -171,10 +175,10 @@ def test_claims_flip_and_vacuous_cases():
     # Pre-LN never diverged: the divergence claim cannot be tested
     assert v["no_divergence"][0] == "not measured"
     # equal stds are not "less": two pairs of seeds 0.01 apart
-    rows = [_row("pre_ln", 0.001, s, eval_loss=3.0, **{T.metric_key(t, T.AVERAGE_METRIC[t]): 0.45 + 0.01 * s
-                                       for t in T.PAPER_TASKS}) for s in (0, 1)]
-    rows += [_row("peri_ln", 0.001, s, eval_loss=3.0, **{T.metric_key(t, T.AVERAGE_METRIC[t]): 0.50 + 0.01 * s
-                                         for t in T.PAPER_TASKS}) for s in (0, 1)]
+    rows = [_row("pre_ln", 0.001, s, eval_loss=3.0, **{metric_key(t, AVERAGE_METRIC[t]): 0.45 + 0.01 * s
+                                       for t in PAPER_TASKS}) for s in (0, 1)]
+    rows += [_row("peri_ln", 0.001, s, eval_loss=3.0, **{metric_key(t, AVERAGE_METRIC[t]): 0.50 + 0.01 * s
+                                         for t in PAPER_TASKS}) for s in (0, 1)]
     assert verdicts(rows)["std_peri_lt_pre"] == ("does not hold", "tiny: peri_ln 0.71 vs pre_ln 0.71 ✗")
 
 
@@ -245,10 +249,10 @@ def test_latex_and_csv_outputs(runs_csv, tmp_path):
 def test_paper_comparison_shows_ours_theirs_and_the_difference(tmp_path):
     def row(arm, seed, avg, loss):
         return _row(arm, 0.001, seed, eval_loss=loss,
-                    **{T.metric_key(t, T.AVERAGE_METRIC[t]): avg for t in T.PAPER_TASKS}) | {"size": "400m"}
+                    **{metric_key(t, AVERAGE_METRIC[t]): avg for t in PAPER_TASKS}) | {"size": "400m"}
 
     rows = [row("pre_ln", 0, 0.50, 3.40), row("pre_ln", 1, 0.52, 3.50), row("peri_ln", 0, 0.51, 3.30)]
-    t = T.paper_table(T.Analysis(rows), T.read_reference(T.DEFAULT_REFERENCE))
+    t = T.paper_table(A.Analysis(rows), T.read_reference(T.DEFAULT_REFERENCE))
     by = {(r[0], r[1], r[2]): r for r in t.sections[0].rows}
     # paper 49.69 (secondary); ours 51.00 ± 1.41 -> +1.31
     assert by[("5-task average", "400m", "pre_ln")][3:8] == ["49.69", "secondary", "51.00 ± 1.41", "2",
@@ -262,7 +266,7 @@ def test_paper_comparison_shows_ours_theirs_and_the_difference(tmp_path):
     # perplexity = exp(eval loss) per run
     assert by[("perplexity", "130m", "pre_ln")][5] == "not run"
     rows130 = [_row("lns", 0.001, 0, eval_loss=math.log(25.0)) | {"size": "130m"}]
-    t = T.paper_table(T.Analysis(rows130), T.read_reference(T.DEFAULT_REFERENCE))
+    t = T.paper_table(A.Analysis(rows130), T.read_reference(T.DEFAULT_REFERENCE))
     lns = [r for r in t.sections[0].rows if r[1] == "130m" and r[2] == "lns"][0]
     assert lns[3] == "25.76" and lns[5] == "25.00" and lns[7] == "-0.76"
 
@@ -286,11 +290,11 @@ def test_reference_file_carries_the_papers_numbers_with_tags():
 
 def test_bad_input_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(ConfigError, match="no such file"):
-        T.read_runs(tmp_path / "missing.csv")
+        R.read_runs(tmp_path / "missing.csv")
     bad = tmp_path / "runs.csv"
     bad.write_text("key,lr\nx,0.1\n")
     with pytest.raises(ConfigError, match="missing column"):
-        T.read_runs(bad)
+        R.read_runs(bad)
     bad.write_text("key,arm,size,lr,seed,status\nx,a,tiny,fast,0,finished\n")
     assert main(["tables", "--from-csv", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -328,8 +332,8 @@ def test_export_from_a_real_mlflow_store(tmp_path):
                           step=30)
         store.set_status(run_id, "diverged" if cfg.placement == "mix_ln" else "finished", step=30,
                          diverged_step=25 if cfg.placement == "mix_ln" else None)
-    runs_csv, curves_csv = T.export("exp", tmp_path / "out", uri)
-    rows = {r["key"]: r for r in T.read_runs(runs_csv)}
+    runs_csv, curves_csv = R.export("exp", tmp_path / "out", uri)
+    rows = {r["key"]: r for r in R.read_runs(runs_csv)}
     assert sorted(rows) == ["mix_ln_alpha0.25-tiny-lr0.001-s0", "peri_ln-tiny-lr0.003-s1"]
     peri, mix = rows["peri_ln-tiny-lr0.003-s1"], rows["mix_ln_alpha0.25-tiny-lr0.001-s0"]
     assert (peri["arm"], peri["size"], peri["lr"], peri["seed"], peri["status"]) == (

@@ -1,4 +1,7 @@
-"""From what a user names (a checkpoint, a run directory or a run key) to a model and its tokenizer."""
+"""From what a user names (a checkpoint, a run directory or a run key) to a model and its tokenizer.
+
+A training checkpoint is the trainer's format (suite.train.LitLM), so reading one is the suite's job;
+evals only scores the model and tokenizer it is handed."""
 
 from __future__ import annotations
 

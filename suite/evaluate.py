@@ -1,15 +1,56 @@
-"""The `periln eval` and `periln data` verbs (registered in suite/cli.py). Import-light: lm_eval
-and the checkpoint are loaded only when a verb runs."""
+"""Scoring a training checkpoint (evaluate_checkpoint), and the `periln eval` and `periln data`
+verbs (registered in suite/cli.py). Import-light: lm_eval and the checkpoint are loaded only when a
+verb runs. The scoring itself is evals.run.evaluate (a model and a tokenizer in, numbers out)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
+from typing import Any
 
-from evals.tasks import ALL_TASKS, PAPER_TASKS, TASKS
+from evals.tasks import ALL_TASKS, AVERAGE_KEY, AVERAGE_METRIC, PAPER_TASKS, TASKS, resolve_tasks
 
 FILES_HELP = ", ".join(f"{TASKS[t].file_stem()}.jsonl.gz" for t in ALL_TASKS)
+RESULT_FILE = "eval.json"
+
+
+def evaluate_checkpoint(ckpt_or_run_dir: str | Path, tasks: str | list[str] | tuple[str, ...] = "paper",
+                        limit: int | float | None = None, data_dir: str | Path | None = None,
+                        batch_size: int = 32, *, num_fewshot: int = 0, device: str | None = None,
+                        dtype: str = "float32", cache_dir: str | Path | None = None,
+                        out_dir: str | Path = "runs", sweep: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint (a .ckpt file, a run directory, or a run key under out_dir) and score it.
+    Returns {"metrics": {"eval/<task>/<metric>": value, ..., "eval/paper_avg": ...},
+             "meta": {task versions, lm-eval version, num_fewshot, limit, requests/s, checkpoint, ...}}."""
+    from evals import data as task_data
+    from evals.adapter import PerilnLM
+    from evals.run import evaluate
+    from suite.checkpoint import load_checkpoint, resolve_checkpoint
+
+    names = resolve_tasks(tasks)  # bad task names fail before the checkpoint is read
+    if data_dir is not None:
+        task_data.locate(data_dir, names)
+    loaded = load_checkpoint(resolve_checkpoint(ckpt_or_run_dir, out_dir, sweep))
+    lm = PerilnLM(model=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, device=device,
+                  dtype=dtype)
+    lm.checkpoint = str(loaded.checkpoint)
+    result = evaluate(lm, names, limit=limit, data_dir=data_dir, num_fewshot=num_fewshot, cache_dir=cache_dir)
+    result["meta"].update(checkpoint=str(loaded.checkpoint), run_dir=str(loaded.run_dir), key=loaded.key,
+                          step=loaded.step)
+    return result
+
+
+def write_result(result: dict[str, Any], path: str | Path) -> Path:
+    """The result as JSON (atomically); by default <run_dir>/eval.json."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def _limit(text: str) -> int | float:
@@ -46,9 +87,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from evals.checkpoint import resolve_checkpoint, run_dir_of
-    from evals.run import RESULT_FILE, evaluate_checkpoint, write_result
-    from evals.tasks import AVERAGE_KEY, AVERAGE_METRIC
+    from suite.checkpoint import resolve_checkpoint, run_dir_of
 
     _logging(args.verbose)
     ckpt = resolve_checkpoint(args.target, args.out_dir, args.sweep)
@@ -90,15 +129,13 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_data(args: argparse.Namespace) -> int:
-    from evals.tasks import resolve_tasks
-
     tasks = resolve_tasks(args.tasks)
     if args.action == "fetch-benchmarks":
         from evals.data import fetch_benchmarks
 
         paths = fetch_benchmarks(args.dir, tasks, fewshot_splits=args.fewshot_splits)
     else:
-        from evals.synthetic_tasks import write_synthetic_benchmarks
+        from suite.synthetic_tasks import write_synthetic_benchmarks
 
         paths = write_synthetic_benchmarks(args.dir, n=args.n, seed=args.seed, tasks=tasks)
     print(f"{len(paths)} files in {args.dir}; use: periln eval RUN --data-dir {args.dir}")

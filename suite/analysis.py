@@ -1,0 +1,160 @@
+"""Aggregation of runs.csv rows: the runs grouped by (arm, size, LR), mean ± std over seeds (Stat),
+the LR choice and divergence rules, and per-layer profiles of the diagnostics.
+
+The rules (printed in every caption of suite.tables):
+- LR_RULE: which learning rate represents a placement at a size;
+- DIVERGENCE_RULE: what happens to diverged seeds;
+- STD_RULE: mean ± std over seeds is the sample standard deviation (n - 1), blank for n = 1.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from evals.tasks import AVERAGE_METRIC, PAPER_TASKS, metric_key
+from models import SIZES
+from suite.records import DIVERGED, USED
+
+ARM_ORDER = ("post_ln", "pre_ln", "peri_ln")  # the paper's order; other arms follow, sorted
+DASH = "—"  # a value not measured, as the tables and the claims' numbers print it
+
+LR_RULE = ("LR chosen per (placement, size): among the learning rates with no diverged seed, the one "
+           "with the lowest mean final eval loss over its seeds (ties: the smaller LR); if every LR has "
+           "a diverged seed, the one with the fewest, then the lowest mean eval loss. Final train loss "
+           "stands in where no run of that placement and size recorded an eval loss.")
+DIVERGENCE_RULE = ("Diverged seeds are kept and shown as k/n diverged (n = finished + diverged seeds "
+                   "at that LR); they are excluded from mean ± std. Failed and unfinished runs are "
+                   "excluded and counted in the note below the table.")
+STD_RULE = "mean ± std over seeds (sample std, n - 1; no std when n = 1)."
+
+
+def finite(v: Any) -> float | None:
+    """v as a float when it is a finite number; None for a missing cell, NaN or inf."""
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def paper_avg(row: dict[str, Any]) -> float | None:
+    """5-task average (fraction) of one run: evals.tasks.AVERAGE_METRIC of each PAPER_TASKS task."""
+    values = [finite(row.get(metric_key(t, AVERAGE_METRIC[t]))) for t in PAPER_TASKS]
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def layer_profile(row: dict[str, Any], family: str) -> dict[int, float]:
+    """{layer index: value} from columns `<family>/layer_NN` (or `/block_NN`)."""
+    pat = re.compile(rf"^{re.escape(family)}/(?:layer|block)_(\d+)$")
+    out = {}
+    for col, v in row.items():
+        m = pat.match(col)
+        if m and finite(v) is not None:
+            out[int(m.group(1))] = float(v)
+    return out
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float | None
+    std: float | None
+    n: int  # values that entered the mean
+
+    @staticmethod
+    def of(values: Iterable[float | None]) -> Stat:
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return Stat(None, None, 0)
+        return Stat(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
+
+
+def _size_order(size: str) -> tuple[int, str]:
+    names = list(SIZES)
+    return (names.index(size), size) if size in names else (len(names), size)
+
+
+def _arm_order(arm: str) -> tuple[int, str]:
+    return (ARM_ORDER.index(arm), arm) if arm in ARM_ORDER else (len(ARM_ORDER), arm)
+
+
+@dataclass
+class Analysis:
+    """The runs grouped by (arm, size, lr), with the chosen LR per (arm, size)."""
+
+    rows: list[dict[str, Any]]
+    cells: dict[tuple[str, str, float], list[dict[str, Any]]] = field(default_factory=dict)
+    chosen: dict[tuple[str, str], float | None] = field(default_factory=dict)
+    select_metric: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for r in sorted(self.rows, key=lambda r: (str(r["key"]), r["seed"])):
+            self.cells.setdefault((r["arm"], r["size"], float(r["lr"])), []).append(r)
+        for arm, size in {(a, s) for a, s, _ in self.cells}:
+            self.chosen[(arm, size)], self.select_metric[(arm, size)] = self._choose(arm, size)
+
+    # --- structure
+    @property
+    def sizes(self) -> list[str]:
+        return sorted({s for _, s, _ in self.cells}, key=_size_order)
+
+    def arms(self, size: str | None = None) -> list[str]:
+        return sorted({a for a, s, _ in self.cells if size in (None, s)}, key=_arm_order)
+
+    def lrs(self, arm: str | None = None, size: str | None = None) -> list[float]:
+        return sorted({lr for a, s, lr in self.cells if arm in (None, a) and size in (None, s)})
+
+    def runs(self, arm: str, size: str, lr: float | None = None, status: str | None = USED) -> list[dict]:
+        out = []
+        for (a, s, r), rows in sorted(self.cells.items()):
+            if a == arm and s == size and (lr is None or r == lr):
+                out.extend(x for x in rows if status is None or x["status"] == status)
+        return out
+
+    def counts(self, arm: str, size: str, lr: float | None = None) -> tuple[int, int]:
+        """(diverged, finished + diverged) seeds."""
+        fin = len(self.runs(arm, size, lr))
+        div = len(self.runs(arm, size, lr, DIVERGED))
+        return div, fin + div
+
+    def excluded(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows:
+            if r["status"] not in (USED, DIVERGED):
+                out[r["status"] or "unknown"] = out.get(r["status"] or "unknown", 0) + 1
+        return dict(sorted(out.items()))
+
+    # --- the LR rule
+    def _choose(self, arm: str, size: str) -> tuple[float | None, str]:
+        metric = "eval_loss" if any(finite(r.get("eval_loss")) is not None
+                                    for r in self.runs(arm, size)) else "train_loss"
+        best, best_key = None, None
+        for lr in self.lrs(arm, size):
+            st = Stat.of(finite(r.get(metric)) for r in self.runs(arm, size, lr))
+            if st.n == 0:
+                continue
+            div, _ = self.counts(arm, size, lr)
+            k = (div, st.mean, lr)
+            if best_key is None or k < best_key:
+                best, best_key = lr, k
+        return best, metric
+
+    def at_chosen(self, arm: str, size: str) -> list[dict[str, Any]]:
+        lr = self.chosen.get((arm, size))
+        return [] if lr is None else self.runs(arm, size, lr)
+
+    def stat(self, arm: str, size: str, fn: Callable[[dict], float | None]) -> Stat:
+        return Stat.of(fn(r) for r in self.at_chosen(arm, size))
+
+    def profile(self, arm: str, size: str, family: str) -> dict[int, float]:
+        """Per-layer mean over the chosen LR's finished seeds (layers every seed recorded)."""
+        profs = [layer_profile(r, family) for r in self.at_chosen(arm, size)]
+        profs = [p for p in profs if p]
+        if not profs:
+            return {}
+        layers = sorted(set.intersection(*(set(p) for p in profs)))
+        return {layer: statistics.fmean(p[layer] for p in profs) for layer in layers}
+
+
+def col(name: str) -> Callable[[dict], float | None]:
+    return lambda r: finite(r.get(name))

@@ -1,0 +1,208 @@
+"""The records as two tidy CSV files: MLflow -> runs.csv (+ curves.csv), their schema, reading and
+writing them.
+
+Both files are the interface between the records and everything built from them (suite.analysis,
+suite.tables, suite.figures); both are results in their own right, and `periln tables --from-csv
+runs.csv` rebuilds every table and figure from them without MLflow:
+
+- `runs.csv`: one row per run. Leading columns RUN_COLUMNS (identity, status, provenance, final
+  train/eval loss), then every other final metric of the run, sorted by name (`eval/<task>/<metric>`,
+  `diag/var/layer_03`, `diag/spikes`, ...). Empty cell = not recorded.
+- `curves.csv`: one row per logged point, columns CURVE_COLUMNS (key, metric, step, value), for the
+  figures (loss curves).
+
+Writing the same rows again gives the same bytes (sorted rows and columns, shortest round-trip
+floats). Only suite/tracking.py imports mlflow; `export` asks it for the runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from models import ConfigError
+
+# ------------------------------------------------------------------------------------------ schema
+
+RUN_COLUMNS: tuple[str, ...] = (
+    "key", "sweep", "arm", "placement", "placement_args", "variant", "size", "lr", "seed",
+    "status", "diverged_step", "step", "embed_norm", "tokenizer", "data_source", "eval_source",
+    "commit", "dirty", "train_loss", "eval_loss", "tokens_per_s",
+)
+CURVE_COLUMNS: tuple[str, ...] = ("key", "metric", "step", "value")
+INT_COLUMNS = ("seed", "diverged_step", "step")
+FLOAT_COLUMNS = ("lr", "train_loss", "eval_loss", "tokens_per_s")
+# metrics mapped onto the leading columns (their final values) rather than repeated under their name
+FINAL_ALIASES = {"train/loss": "train_loss", "val/loss": "eval_loss", "train/tokens_per_s": "tokens_per_s"}
+
+USED = "finished"  # the only status whose numbers enter means
+DIVERGED = "diverged"
+
+
+# --------------------------------------------------------------------------------------- reading
+
+def _num(text: str, where: str) -> float | None:
+    if text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{where}: expected a number; got {text!r}") from None
+
+
+def read_runs(path: str | Path) -> list[dict[str, Any]]:
+    """runs.csv -> one dict per run: identity columns as str/int/float, metrics as float or None."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file (export one with `periln tables SWEEP`)")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(line for line in fh if not line.startswith("#"))
+        required = ("key", "arm", "size", "lr", "seed", "status")
+        missing = [c for c in required if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; expected runs.csv columns "
+                              f"{', '.join(RUN_COLUMNS)}")
+        rows = []
+        for i, raw in enumerate(reader, start=2):
+            row: dict[str, Any] = {}
+            for col, text in raw.items():
+                text = text or ""
+                where = f"{path.name} line {i}, column {col}"
+                if col in INT_COLUMNS:
+                    v = _num(text, where)
+                    row[col] = None if v is None else int(v)
+                elif col in FLOAT_COLUMNS or "/" in col or col.startswith("lr-"):
+                    row[col] = _num(text, where)
+                else:
+                    row[col] = text
+            if row.get("lr") is None or row.get("seed") is None:
+                raise ConfigError(f"{path.name} line {i}: lr and seed are required")
+            rows.append(row)
+    return rows
+
+
+def read_curves(path: str | Path) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """curves.csv -> {key: {metric: (steps, values)}}, steps ascending."""
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as fh:
+        for raw in csv.DictReader(line for line in fh if not line.startswith("#")):
+            out.setdefault(raw["key"], {}).setdefault(raw["metric"], []).append(
+                (int(float(raw["step"])), float(raw["value"])))
+    return {k: {m: ([s for s, _ in sorted(pts)], [v for _, v in sorted(pts)]) for m, pts in ms.items()}
+            for k, ms in out.items()}
+
+
+def _csv_value(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)  # shortest round-trip form: stable and lossless
+    return str(v)
+
+
+def write_runs_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write runs.csv: RUN_COLUMNS, then every other column present, sorted; rows sorted by key."""
+    extra = sorted({c for r in rows for c in r} - set(RUN_COLUMNS))
+    cols = [*RUN_COLUMNS, *extra]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in sorted(rows, key=lambda r: str(r["key"])):
+        w.writerow([_csv_value(r.get(c)) for c in cols])
+    return write_atomic(Path(path), buf.getvalue())
+
+
+def write_curves_csv(points: Iterable[tuple[str, str, int, float]], path: str | Path) -> Path:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CURVE_COLUMNS)
+    for key, metric, step, value in sorted(points, key=lambda p: (p[0], p[1], p[2])):
+        w.writerow([key, metric, int(step), _csv_value(float(value))])
+    return write_atomic(Path(path), buf.getvalue())
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------------------- MLflow -> CSVs
+
+def _fmt_g(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def run_row(run: dict[str, Any]) -> dict[str, Any]:
+    """One exported record (tracking.export_runs) -> one runs.csv row."""
+    params, tags, metrics = run.get("params", {}), run.get("tags", {}), run.get("metrics", {})
+
+    def get(name: str, default: Any = None) -> Any:
+        for source in (tags, params):
+            if source.get(name) not in (None, ""):
+                return source[name]
+        return default
+
+    placement = str(get("placement", ""))
+    size = str(get("size", ""))
+    lr = float(get("lr", "nan"))
+    seed = int(float(get("seed", 0)))
+    key = str(get("run_key") or get("key") or run.get("name") or "")
+    args = {k[len("placement_args."):]: v for k, v in params.items() if k.startswith("placement_args.")}
+    # the arm: the run key without size, LR and seed (placement, its arguments, any variant)
+    mid = f"-{size}-lr{_fmt_g(lr)}-s{seed}"
+    at = key.find(mid)
+    arm = key[:at] + key[at + len(mid):] if at > 0 else placement
+    embed = params.get("model.embed_norm")
+    if embed in (None, ""):
+        try:
+            from models.placements import get_placement
+
+            embed = bool(get_placement(placement).embed_norm)
+        except Exception:  # noqa: BLE001 -- an unknown (since removed) placement: not recorded
+            embed = None
+    else:
+        embed = str(embed).lower() == "true"
+    diverged_step = get("diverged_step")
+    row: dict[str, Any] = dict(
+        key=key, sweep=get("sweep", ""), arm=arm, placement=placement,
+        placement_args=";".join(f"{k}={v}" for k, v in sorted(args.items())),
+        variant=get("variant", ""),
+        size=size, lr=lr, seed=seed, status=get("status", ""),
+        diverged_step=None if diverged_step in (None, "") else int(float(diverged_step)),
+        step=run.get("step"), embed_norm=embed,
+        tokenizer=params.get("data.tokenizer", ""), data_source=params.get("data.source", ""),
+        eval_source=params.get("data.eval_source", "") if params.get("data.eval_source") != "None" else "",
+        commit=get("git_commit") or get("commit") or "", dirty=get("git_dirty") or get("dirty") or "",
+    )
+    for name, value in metrics.items():
+        row[FINAL_ALIASES.get(name, name)] = float(value)
+    return row
+
+
+def export(sweep: str, out_dir: str | Path, tracking_uri: str | None = None) -> tuple[Path, Path]:
+    """The sweep's MLflow runs -> <out_dir>/runs.csv and <out_dir>/curves.csv."""
+    from suite import tracking
+
+    runs = tracking.export_runs(sweep, tracking_uri)
+    if not runs:
+        raise ConfigError(f"no MLflow runs for sweep {sweep!r} in {tracking_uri or 'the default store'}; "
+                          "submit it first (periln submit) or pass --from-csv runs.csv")
+    rows, points = [], []
+    for run in runs:
+        row = run_row(run)
+        rows.append(row)
+        for metric, history in run.get("history", {}).items():
+            points.extend((row["key"], metric, int(s), float(v)) for s, v in history)
+    out_dir = Path(out_dir)
+    return write_runs_csv(rows, out_dir / "runs.csv"), write_curves_csv(points, out_dir / "curves.csv")
