@@ -12,28 +12,21 @@ from models.config import ModelConfig
 
 
 class Norm(nn.Module):
-    """LayerNorm or RMSNorm with a learnable gain (no bias), optionally times a fixed scale.
+    """LayerNorm or RMSNorm with a learnable gain (no bias)."""
 
-    `scale` is a constant factor on the output (LayerNorm Scaling's 1/sqrt(l)); it is not learned.
-    """
-
-    def __init__(self, kind: str, dim: int, eps: float, scale: float = 1.0) -> None:
+    def __init__(self, kind: str, dim: int, eps: float) -> None:
         super().__init__()
-        self.kind, self.eps, self.scale = kind, eps, scale
+        self.kind, self.eps = kind, eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = self.weight.shape
         if self.kind == "layernorm":
-            y = F.layer_norm(x, shape, self.weight, None, self.eps)
-        else:
-            y = F.rms_norm(x, shape, self.weight, self.eps)
-        return y if self.scale == 1.0 else y * self.scale
+            return F.layer_norm(x, shape, self.weight, None, self.eps)
+        return F.rms_norm(x, shape, self.weight, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.kind}, {self.weight.shape[0]}, eps={self.eps}" + (
-            f", scale={self.scale:.4g}" if self.scale != 1.0 else ""
-        )
+        return f"{self.kind}, {self.weight.shape[0]}, eps={self.eps}"
 
 
 class Rotary(nn.Module):
@@ -110,11 +103,6 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-# Names of the projections that write into the residual stream: the "scaled" init divides their
-# std by sqrt(2 n_layers) (GPT-2 / Megatron), so the stream's variance does not grow with depth.
-OUTPUT_PROJECTIONS = ("o_proj", "down_proj")
-
-
 def init_normal(module: nn.Module, std: float) -> None:
     """N(0, std) on every Linear and Embedding weight; norms keep their unit gain."""
     for m in module.modules():
@@ -122,12 +110,7 @@ def init_normal(module: nn.Module, std: float) -> None:
             nn.init.normal_(m.weight, mean=0.0, std=std)
 
 
-def scale_output_projections(module: nn.Module, factor: float) -> None:
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.rsplit(".", 2)[-2] in OUTPUT_PROJECTIONS:
-                p.mul_(factor)
-
-
 def scaled_init_factor(n_layers: int) -> float:
+    """GPT-2 / Megatron: the residual projections' std x 1/sqrt(2 n_layers), so the stream's
+    variance does not grow with depth."""
     return 1.0 / math.sqrt(2 * n_layers)

@@ -12,20 +12,14 @@ class DyT(nn.Module):
     """Dynamic Tanh: gamma * tanh(a x) + beta, a learnable scalar (init a0), gamma = 1, beta = 0
     per channel; an element-wise squashing in place of a norm (no statistics)."""
 
-    def __init__(self, dim: int, a0: float, scale: float = 1.0) -> None:
+    def __init__(self, dim: int, a0: float) -> None:
         super().__init__()
-        self.scale = scale
         self.alpha = nn.Parameter(torch.full((1,), float(a0)))
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
 
-    @property
-    def gain(self) -> torch.Tensor:
-        return self.weight * self.scale
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.tanh(self.alpha * x) * self.weight + self.bias
-        return y if self.scale == 1.0 else y * self.scale
+        return torch.tanh(self.alpha * x) * self.weight + self.bias
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, alpha0={self.alpha.item():.3g}"
@@ -63,5 +57,5 @@ class DynamicTanh(Placement):
         sub = SubLayout(in_norm=True)
         return BlockLayout(attn=sub, mlp=sub)
 
-    def make_norm(self, cfg, dim: int, scale: float = 1.0) -> nn.Module:
-        return DyT(dim, self.values["alpha0"], scale)
+    def make_norm(self, cfg, dim: int) -> nn.Module:
+        return DyT(dim, self.values["alpha0"])
