@@ -1,18 +1,23 @@
 """The placement API itself: the registry is complete on import (a new file in the folder included),
-blocks hand out their output norms and residual projections by reference."""
+blocks hand out their output norms and residual projections by reference, and placement arguments
+are typed fields parsed once with one-line errors."""
 
+import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
 from torch import nn
 
-from models import ModelConfig, build_model
+from models import ConfigError, ModelConfig, build_model
 from models.block import BlockBase
+from models.placements import Placement, arg, get_placement
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = {"b2t", "deepnorm", "dyt", "gemma", "hybridnorm", "lns", "mix_ln", "olmo2", "peri_ln", "post_ln",
@@ -86,3 +91,89 @@ def test_lns_scale_lives_in_the_block_not_in_its_norms():
     torch.testing.assert_close(lns.blocks[3](x), pre.blocks[3](x))
     assert not any(hasattr(m, "scale") for m in lns.modules())
     assert isinstance(lns.blocks[0].attn_out_norm, nn.Identity)
+
+
+# ------------------------------------------------------------- placement arguments: typed fields
+
+def test_arguments_are_coerced_to_the_declared_type_once():
+    args = get_placement("mix_ln").parse_args({"alpha": "1e-1"})  # YAML 1.1 reads 1e-1 as text
+    assert args.alpha == 0.1 and type(args.alpha) is float
+    assert type(get_placement("dyt").parse_args({"alpha0": 2}).alpha0) is float
+    assert get_placement("hybridnorm").parse_args({}).star is True  # the declared default
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        args.alpha = 0.5
+    assert get_placement("mix_ln", alpha="0.5").args.alpha == 0.5  # the constructor parses too
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("mix_ln", {"alpha": "a lot"}, "placement 'mix_ln': argument alpha must be a number in [0, 1] "
+     "(the share of Post-LN blocks); got 'a lot' (type str, expected float)"),
+    ("mix_ln", {"alpha": True}, "argument alpha must be a number in [0, 1] (the share of Post-LN "
+     "blocks); got True (type bool, expected float)"),
+    ("mix_ln", {"alpha": [0.1]}, "got [0.1] (type list, expected float)"),
+    ("mix_ln", {"alpha": "2"}, "argument alpha must be a number in [0, 1] (the share of Post-LN "
+     "blocks); got '2'"),
+    ("dyt", {"alpha0": "nan"}, "placement 'dyt': argument alpha0 must be a positive number; got 'nan'"),
+    ("hybridnorm", {"star": "yes"}, "placement 'hybridnorm': argument star must be true or false; "
+     "got 'yes' (type str, expected bool)"),
+    ("hybridnorm", {"star": 1}, "got 1 (type int, expected bool)"),
+    ("mix_ln", {"alpah": 0.5}, "placement 'mix_ln': has no argument 'alpah'; did you mean 'alpha'? "
+     "(its arguments: alpha)"),
+    ("peri_ln", {"alpha": 0.5}, "placement 'peri_ln': has no argument 'alpha' (its arguments: none)"),
+    ("mix_ln", {"alpah": 0.5, "alpha": "x"}, "has no argument 'alpah'; did you mean 'alpha'? (its "
+     "arguments: alpha); argument alpha must be"),  # every problem, one line
+])
+def test_bad_arguments_are_one_clear_line(name, args, message):
+    with pytest.raises(ConfigError) as err:
+        get_placement(name).parse_args(args)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+class Declared(Placement):
+    """Not registered: a placement declaring one argument of each supported type."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Args:
+        n: int = arg(2, must="an integer >= 1", check=lambda n: n >= 1)
+        where: Literal["first", "last"] = arg("last")
+        tag: str = arg("x")
+
+
+def test_int_literal_and_str_arguments():
+    assert Declared.parse_args({"n": "3", "where": "first"}) == Declared.Args(n=3, where="first")
+    assert type(Declared.parse_args({"n": 4.0}).n) is int
+    for bad, said in (({"n": 2.5}, "argument n must be an integer >= 1; got 2.5 (type float, expected int)"),
+                      ({"n": 0}, "argument n must be an integer >= 1; got 0"),
+                      ({"where": "middle"}, "argument where must be one of 'first', 'last'; got 'middle'"),
+                      ({"tag": 3}, "argument tag must be a string; got 3 (type int, expected str)")):
+        with pytest.raises(ConfigError) as err:
+            Declared.parse_args(bad)
+        assert said in str(err.value)
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ("alpha: float = 0.5", None),
+    ("alpha: float = arg(2.0, check=lambda a: a < 1)", "the default 2.0 fails its check"),
+    ("alpha: float = arg('big')", "the default 'big' is not a number"),
+    ("alpha: tuple = arg(())", "unsupported argument type"),
+    ("alpha: float = dataclasses.field()", "needs a default"),
+])
+def test_a_bad_declaration_fails_when_the_class_is_registered(fields, problem):
+    ns = {"dataclasses": dataclasses, "arg": arg, "Placement": Placement}
+    exec("class Bad(Placement):\n    @dataclasses.dataclass(frozen=True)\n    class Args:\n"
+         f"        {fields}\n", ns)
+    if problem is None:
+        ns["Bad"].check_declaration()
+        return
+    with pytest.raises(TypeError, match=re.escape(problem)):
+        ns["Bad"].check_declaration()
+
+
+def test_args_must_be_a_frozen_dataclass():
+    class Loose(Placement):
+        @dataclasses.dataclass
+        class Args:
+            alpha: float = 0.5
+
+    with pytest.raises(TypeError, match="frozen dataclass"):
+        Loose.check_declaration()

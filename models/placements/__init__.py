@@ -19,13 +19,14 @@ from typing import Any
 
 from models.block import Block, BlockBase, BlockLayout, SubLayout
 from models.config import ConfigError
-from models.placements.base import Placement
+from models.placements.base import Placement, arg
 
 PLACEMENTS: dict[str, type[Placement]] = {}
 
 
 def register(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type[Placement]], type[Placement]]:
     def wrap(cls: type[Placement]) -> type[Placement]:
+        cls.check_declaration()
         for key in (name, *aliases):
             if key in PLACEMENTS and PLACEMENTS[key] is not cls:
                 raise ValueError(f"placement {key!r} is already registered by {PLACEMENTS[key]}")
@@ -42,7 +43,8 @@ def load_all() -> dict[str, type[Placement]]:
 
 
 def get_placement(name: str, **args: Any) -> Placement:
-    """The placement `name` with its arguments; an unknown name lists the known ones."""
+    """The placement `name` with its arguments; an unknown name lists the known ones. Its
+    `parse_args(mapping)` validates arguments without building anything."""
     if name not in PLACEMENTS:
         close = difflib.get_close_matches(name, PLACEMENTS, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -51,8 +53,8 @@ def get_placement(name: str, **args: Any) -> Placement:
     return PLACEMENTS[name](**args)
 
 
-__all__ = ["PLACEMENTS", "Block", "BlockBase", "BlockLayout", "Placement", "SubLayout", "get_placement",
-           "load_all", "register"]
+__all__ = ["PLACEMENTS", "Block", "BlockBase", "BlockLayout", "Placement", "SubLayout", "arg",
+           "get_placement", "load_all", "register"]
 
 # Last, once `register` and the names above exist: each placement module imports them from here.
 for _module in pkgutil.iter_modules(__path__):

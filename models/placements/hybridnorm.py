@@ -1,11 +1,10 @@
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from models.config import ConfigError
 from models.layers import MLP, Attention
-from models.placements import BlockBase, Placement, register
+from models.placements import BlockBase, Placement, arg, register
 
 
 class HybridNormBlock(BlockBase):
@@ -42,16 +41,13 @@ class HybridNorm(Placement):
 
     source = ("Zhuo et al., HybridNorm: Towards Stable and Efficient Transformer Training via "
               "Hybrid Normalization (arXiv 2503.04598); BryceZhuo/HybridNorm")
-    args = {"star": True}
 
-    def __init__(self, **args: Any) -> None:
-        super().__init__(**args)
-        if not isinstance(self.values["star"], bool):
-            raise ConfigError(f"placement 'hybridnorm': star must be true or false; got "
-                              f"{self.values['star']!r}")
+    @dataclass(frozen=True)
+    class Args:
+        star: bool = arg(True)
 
     def pre_norm_block(self, layer: int) -> bool:
-        return self.values["star"] and layer == 1
+        return self.args.star and layer == 1
 
     def make_attention(self, cfg, layer: int) -> nn.Module:
         return Attention(cfg, qk_norm="head", v_norm=True)
