@@ -50,7 +50,7 @@ class HybridNorm(Placement):
         return self.args.star and layer == 1
 
     def make_attention(self, cfg, layer: int) -> nn.Module:
-        return Attention(cfg, qk_norm="head", v_norm=True)
+        return Attention(cfg, qk_norm=True, v_norm=True)
 
     def make_block(self, cfg, layer: int) -> HybridNormBlock:
         pre = self.pre_norm_block(layer)
