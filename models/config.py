@@ -36,7 +36,7 @@ class ModelConfig:
     placement: str = "pre_ln"
     placement_args: Mapping[str, Any] = field(default_factory=dict)
     embed_norm: bool | None = None  # None: the placement's default (on for Peri-LN)
-    qk_norm: bool = False
+    qk_norm: bool = False  # RMSNorm on each head's q and k (Attention's qk_norm; OLMo 2 sets its own)
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
     init_std: float = 0.02
@@ -56,6 +56,8 @@ class ModelConfig:
             problems.append(f"head dimension d_model/n_heads = {self.head_dim} must be even for RoPE")
         if self.n_heads % self.kv_heads:
             problems.append(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.kv_heads})")
+        if not isinstance(self.qk_norm, bool):
+            problems.append(f"qk_norm must be true or false, got {self.qk_norm!r}")
         if self.norm not in ("layernorm", "rmsnorm"):
             problems.append(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
         if self.init_scheme not in ("normal", "scaled"):

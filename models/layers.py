@@ -12,28 +12,21 @@ from models.config import ModelConfig
 
 
 class Norm(nn.Module):
-    """LayerNorm or RMSNorm with a learnable gain (no bias), optionally times a fixed scale.
+    """LayerNorm or RMSNorm with a learnable gain (no bias)."""
 
-    `scale` is a constant factor on the output (LayerNorm Scaling's 1/sqrt(l)); it is not learned.
-    """
-
-    def __init__(self, kind: str, dim: int, eps: float, scale: float = 1.0) -> None:
+    def __init__(self, kind: str, dim: int, eps: float) -> None:
         super().__init__()
-        self.kind, self.eps, self.scale = kind, eps, scale
+        self.kind, self.eps = kind, eps
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = self.weight.shape
         if self.kind == "layernorm":
-            y = F.layer_norm(x, shape, self.weight, None, self.eps)
-        else:
-            y = F.rms_norm(x, shape, self.weight, self.eps)
-        return y if self.scale == 1.0 else y * self.scale
+            return F.layer_norm(x, shape, self.weight, None, self.eps)
+        return F.rms_norm(x, shape, self.weight, self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.kind}, {self.weight.shape[0]}, eps={self.eps}" + (
-            f", scale={self.scale:.4g}" if self.scale != 1.0 else ""
-        )
+        return f"{self.kind}, {self.weight.shape[0]}, eps={self.eps}"
 
 
 class Rotary(nn.Module):
@@ -58,13 +51,15 @@ class Rotary(nn.Module):
 class Attention(nn.Module):
     """Causal multi-head attention with GQA, RoPE and optional QK-norm, through SDPA (flash on GPU).
 
-    qk_norm: "none", "head" (RMSNorm over each head's q and k, the common QK-norm) or "full" (over
-    the whole projected width, OLMo 2). v_norm adds a per-head norm on v (HybridNorm).
+    qk_norm: RMSNorm on q and k, the same switch as ModelConfig.qk_norm (None: the config's). Over
+    each head's dimension (the common QK-norm), or with qk_full_width over the whole projected width
+    (all heads together, OLMo 2). v_norm adds a per-head norm on v (HybridNorm).
     """
 
-    def __init__(self, cfg: ModelConfig, qk_norm: str | None = None, v_norm: bool = False) -> None:
+    def __init__(self, cfg: ModelConfig, qk_norm: bool | None = None, qk_full_width: bool = False,
+                 v_norm: bool = False) -> None:
         super().__init__()
-        qk_norm = qk_norm or ("head" if cfg.qk_norm else "none")
+        qk_norm = cfg.qk_norm if qk_norm is None else qk_norm
         d, hd = cfg.d_model, cfg.head_dim
         self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.kv_heads, hd
         self.q_proj = nn.Linear(d, cfg.n_heads * hd, bias=False)
@@ -72,22 +67,21 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv * hd, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * hd, d, bias=False)
         self.rotary = Rotary(hd, cfg.max_seq_len, cfg.rope_theta)
-        self.qk_norm, self.dropout = qk_norm, cfg.dropout
-        q_dim, k_dim = (hd, hd) if qk_norm == "head" else (cfg.n_heads * hd, self.n_kv * hd)
-        use = qk_norm != "none"
-        self.q_norm = Norm("rmsnorm", q_dim, cfg.norm_eps) if use else nn.Identity()
-        self.k_norm = Norm("rmsnorm", k_dim, cfg.norm_eps) if use else nn.Identity()
+        self.qk_norm, self.qk_full_width, self.dropout = qk_norm, qk_full_width, cfg.dropout
+        q_dim, k_dim = (cfg.n_heads * hd, self.n_kv * hd) if qk_full_width else (hd, hd)
+        self.q_norm = Norm("rmsnorm", q_dim, cfg.norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = Norm("rmsnorm", k_dim, cfg.norm_eps) if qk_norm else nn.Identity()
         self.v_norm = Norm("rmsnorm", hd, cfg.norm_eps) if v_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape  # (B, T, d)
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.qk_norm == "full":
+        if self.qk_full_width:  # (q_norm and k_norm are identities when qk_norm is off)
             q, k = self.q_norm(q), self.k_norm(k)
         q = q.view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.v_norm(v.view(B, T, self.n_kv, self.hd)).transpose(1, 2)
-        if self.qk_norm == "head":
+        if not self.qk_full_width:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.rotary(q), self.rotary(k)
         y = F.scaled_dot_product_attention(
@@ -110,11 +104,6 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-# Names of the projections that write into the residual stream: the "scaled" init divides their
-# std by sqrt(2 n_layers) (GPT-2 / Megatron), so the stream's variance does not grow with depth.
-OUTPUT_PROJECTIONS = ("o_proj", "down_proj")
-
-
 def init_normal(module: nn.Module, std: float) -> None:
     """N(0, std) on every Linear and Embedding weight; norms keep their unit gain."""
     for m in module.modules():
@@ -122,12 +111,7 @@ def init_normal(module: nn.Module, std: float) -> None:
             nn.init.normal_(m.weight, mean=0.0, std=std)
 
 
-def scale_output_projections(module: nn.Module, factor: float) -> None:
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.rsplit(".", 2)[-2] in OUTPUT_PROJECTIONS:
-                p.mul_(factor)
-
-
 def scaled_init_factor(n_layers: int) -> float:
+    """GPT-2 / Megatron: the residual projections' std x 1/sqrt(2 n_layers), so the stream's
+    variance does not grow with depth."""
     return 1.0 / math.sqrt(2 * n_layers)

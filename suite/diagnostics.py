@@ -17,8 +17,8 @@ neither the parameters' `.grad` nor any random state, so resumed runs stay bit-i
     diag/grad_norm/block_{l:02d}      L2 norm of the probe loss's gradient over block l's
                                       parameters (l = 01..L)
     diag/out_norm_gain_mean, diag/out_norm_gain_max
-                                      mean and max of the gains of every output norm (modules
-                                      named *out_norm in the blocks: Peri-LN, Gemma, OLMo 2; the
+                                      mean and max of the gains of every output norm (what
+                                      each block's output_norms() lists: Peri-LN, Gemma, OLMo 2; the
                                       norm's `gain` when it defines one, e.g. Gemma's 1 + w, else
                                       its `weight`); absent for placements without output norms
     diag/probe_loss                   the probe batch's loss
@@ -72,9 +72,8 @@ UNIFORM_FACTOR = 1.2  # default divergence threshold: 1.2 x ln(vocab) (ours)
 
 
 def output_norms(model: nn.Module) -> list[nn.Module]:
-    """The output norms of the model's blocks: submodules named *out_norm that have parameters."""
-    return [m for name, m in model.blocks.named_modules()
-            if name.rsplit(".", 1)[-1].endswith("out_norm") and any(True for _ in m.parameters())]
+    """The output norms of the model's blocks, as each block declares them (models.block)."""
+    return [m for block in model.blocks for m in block.output_norms()]
 
 
 def norm_gain(m: nn.Module) -> torch.Tensor:

@@ -94,3 +94,18 @@ def test_bad_model_config_is_one_clear_line():
     with pytest.raises(ValueError, match="divisible by n_heads") as err:
         ModelConfig(d_model=30, n_heads=4)
     assert "\n" not in str(err.value)
+
+
+def test_qk_norm_is_one_bool_from_the_run_config_to_the_attention():
+    from suite.config import load_run_config
+
+    cfg = load_run_config(None, ["model.qk_norm=true"]).model_config(vocab_size=97)
+    assert cfg.qk_norm is True  # the run config's accepted values (true/false) are unchanged
+    m = tiny(qk_norm=cfg.qk_norm)
+    for b in m.blocks:
+        assert b.attn.qk_norm is True
+        assert b.attn.q_norm.weight.shape == b.attn.k_norm.weight.shape == (32 // 4,)  # per head
+    assert all(b.attn.qk_norm is False and isinstance(b.attn.q_norm, torch.nn.Identity)
+               for b in tiny().blocks)
+    with pytest.raises(ValueError, match="qk_norm must be true or false, got 'head'"):
+        ModelConfig(qk_norm="head")

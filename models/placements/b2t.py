@@ -2,10 +2,10 @@ import torch
 from torch import nn
 
 from models.layers import MLP
-from models.placements import BlockLayout, Placement, SubLayout, register
+from models.placements import BlockBase, Placement, register
 
 
-class B2TBlock(nn.Module):
+class B2TBlock(BlockBase):
     """h = N_a(x + F_a(x)); y = N_m(x + h + F_m(h)): Post-LN plus the block input x carried past
     both norms to the block's last add (the bottom-to-top connection)."""
 
@@ -34,11 +34,6 @@ class B2T(Placement):
               "Transformers (arXiv 2206.00330, Findings of ACL 2023); takase/b2t_connection")
     final_norm = False
 
-    def layout(self, layer: int, n_layers: int) -> BlockLayout:
-        # what the generic slots can say; the extra skip lives in B2TBlock
-        sub = SubLayout(post_norm=True)
-        return BlockLayout(attn=sub, mlp=sub)
-
-    def make_block(self, cfg, layer: int) -> nn.Module:
+    def make_block(self, cfg, layer: int) -> B2TBlock:
         return B2TBlock(cfg, self.make_attention(cfg, layer),
                         lambda: self.make_norm(cfg, cfg.d_model))

@@ -1,99 +1,149 @@
-"""What a placement declares, and the one generic block that composes those declarations."""
+"""What a placement declares; the generic block that composes those declarations is models.block.
+
+A placement's arguments are the fields of its frozen dataclass `Args`, with types and defaults;
+`Placement.parse_args` validates and coerces a mapping of them once, at the edge.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
+import dataclasses
+import difflib
+import math
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from models.config import ModelConfig
-from models.layers import (
-    MLP,
-    Attention,
-    Norm,
-    init_normal,
-    scale_output_projections,
-    scaled_init_factor,
-)
+from models.block import Block, BlockBase, BlockLayout
+from models.config import ConfigError, ModelConfig
+from models.layers import Attention, Norm, init_normal, scaled_init_factor
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
-@dataclass(frozen=True)
-class SubLayout:
-    """The norm slots around one sub-layer F (attention or MLP) of the generic block:
-
-        y = post( residual_scale * x + out( F( in(x) * in_scale ) ) )
-
-    Each slot is a norm when True and the identity when False.
-    """
-
-    in_norm: bool = False
-    out_norm: bool = False
-    post_norm: bool = False
-    in_scale: float = 1.0
-    residual_scale: float = 1.0
+def arg(default: Any, must: str = "", check: Callable[[Any], bool] | None = None) -> Any:
+    """An argument field of a placement's `Args`: its default; `check`, a test of the coerced value,
+    and `must`, what an error says the value must be ("a number in [0, 1]")."""
+    return dataclasses.field(default=default, metadata={"must": must, "check": check})
 
 
-@dataclass(frozen=True)
-class BlockLayout:
-    attn: SubLayout
-    mlp: SubLayout
+def coerce(value: Any, tp: Any) -> Any:
+    """`value` as the declared type `tp` (bool, int, float, str or a Literal); ValueError if it is
+    not one. Numbers may come as text: YAML 1.1 reads 1e-1 as a string. A bool is never a number."""
+    if typing.get_origin(tp) is Literal:
+        choices = typing.get_args(tp)
+        if any(value == c and type(value) is type(c) for c in choices):
+            return value
+    elif tp not in _KINDS:
+        raise TypeError(f"unsupported argument type {tp!r}; use bool, int, float, str or a Literal")
+    elif tp in (bool, str):
+        if isinstance(value, tp):
+            return value
+    elif not isinstance(value, bool):
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+        if isinstance(number, (int, float)):
+            if tp is float:
+                return float(number)
+            if math.isfinite(number) and float(number).is_integer():
+                return int(number)
+    raise ValueError(f"{value!r} is not {_kind(tp)}")
 
 
-class Block(nn.Module):
-    """The generic block: attention sub-layer then MLP sub-layer, each wired by its SubLayout."""
+def _kind(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(tp)))
+    return _KINDS[tp]
 
-    def __init__(self, cfg: ModelConfig, layout: BlockLayout, make_norm: Callable[..., nn.Module],
-                 attention: nn.Module | None = None) -> None:
-        super().__init__()
-        self.layout = layout
-        self.attn = attention if attention is not None else Attention(cfg)
-        self.mlp = MLP(cfg)
-        for prefix, sub in (("attn", layout.attn), ("mlp", layout.mlp)):
-            for slot in ("in", "out", "post"):
-                use = getattr(sub, f"{slot}_norm")
-                scale = sub.in_scale if slot == "in" else 1.0
-                setattr(self, f"{prefix}_{slot}_norm", make_norm(scale=scale) if use else nn.Identity())
 
-    @staticmethod
-    def _sublayer(x: torch.Tensor, f: nn.Module, n_in: nn.Module, n_out: nn.Module,
-                  n_post: nn.Module, residual_scale: float) -> torch.Tensor:
-        r = x if residual_scale == 1.0 else x * residual_scale
-        return n_post(r + n_out(f(n_in(x))))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, T, d)
-        lay = self.layout
-        h = self._sublayer(x, self.attn, self.attn_in_norm, self.attn_out_norm, self.attn_post_norm,
-                           lay.attn.residual_scale)
-        return self._sublayer(h, self.mlp, self.mlp_in_norm, self.mlp_out_norm, self.mlp_post_norm,
-                              lay.mlp.residual_scale)
+def _type_name(tp: Any) -> str:
+    return _kind(tp) if typing.get_origin(tp) is Literal else tp.__name__
 
 
 class Placement:
     """A normalization placement. Subclasses set the class attributes and override `layout`; the
     class docstring's first line is the block equation, `source` the citation.
 
-    Arguments (e.g. Mix-LN's alpha) are keyword arguments of the constructor, declared in `args`
-    with their defaults; unknown arguments are errors.
+    Arguments (e.g. Mix-LN's alpha) are the fields of the nested frozen dataclass `Args`, declared
+    with `arg(default, must, check)`; the constructor takes them as keyword arguments, parsed by
+    `parse_args`, and keeps the frozen result as `self.args`.
     """
+
+    @dataclasses.dataclass(frozen=True)
+    class Args:
+        """No arguments."""
 
     name: ClassVar[str] = ""
     source: ClassVar[str] = ""
-    args: ClassVar[dict[str, Any]] = {}
     embed_norm: ClassVar[bool] = False  # default of ModelConfig.embed_norm=None
     final_norm: ClassVar[bool] = True
 
     def __init__(self, **args: Any) -> None:
-        from models.config import ConfigError
+        self.args = self.parse_args(args)
 
-        unknown = sorted(set(args) - set(self.args))
-        if unknown:
-            known = ", ".join(sorted(self.args)) or "none"
-            raise ConfigError(f"placement {self.name!r} has no argument {unknown[0]!r} "
-                              f"(its arguments: {known})")
-        self.values: dict[str, Any] = {**self.args, **args}
+    @property
+    def values(self) -> dict[str, Any]:
+        """The arguments as a plain dict (defaults filled in)."""
+        return dataclasses.asdict(self.args)
+
+    @classmethod
+    def parse_args(cls, values: Mapping[str, Any]) -> Any:
+        """`values` as this placement's frozen `Args`, validated and coerced once. Unknown names
+        (with a did-you-mean), values not of the declared type and values the field's check rejects
+        are one ConfigError naming each argument and what it must be."""
+        if isinstance(values, cls.Args):
+            return values
+        where = f"placement {cls.name!r}"
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of arguments; got {values!r}")
+        declared = {f.name: f for f in dataclasses.fields(cls.Args)}
+        hints = typing.get_type_hints(cls.Args)
+        problems, parsed = [], {}
+        for key, value in values.items():
+            if key not in declared:
+                close = difflib.get_close_matches(str(key), declared, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                problems.append(f"has no argument {key!r}{hint} (its arguments: "
+                                f"{', '.join(declared) or 'none'})")
+                continue
+            meta, tp = declared[key].metadata, hints[key]
+            must = meta.get("must") or _kind(tp)
+            try:
+                parsed[key] = coerce(value, tp)
+            except ValueError:
+                problems.append(f"argument {key} must be {must}; got {value!r} "
+                                f"(type {type(value).__name__}, expected {_type_name(tp)})")
+                continue
+            if meta.get("check") and not meta["check"](parsed[key]):
+                problems.append(f"argument {key} must be {must}; got {value!r}")
+        if problems:
+            raise ConfigError(f"{where}: " + "; ".join(problems))
+        return cls.Args(**parsed)
+
+    @classmethod
+    def check_declaration(cls) -> None:
+        """Fail loudly, at registration, on an `Args` that parse_args could not serve: not a frozen
+        dataclass, a field without a default or of an unsupported type, a default its check rejects."""
+        args = cls.Args
+        if not (dataclasses.is_dataclass(args) and args.__dataclass_params__.frozen):
+            raise TypeError(f"{cls.__name__}.Args must be a frozen dataclass")
+        hints = typing.get_type_hints(args)
+        for f in dataclasses.fields(args):
+            if f.default is dataclasses.MISSING:
+                raise TypeError(f"{cls.__name__}.Args.{f.name} needs a default")
+            try:
+                coerce(f.default, hints[f.name])  # TypeError for an unsupported type
+            except ValueError:
+                raise TypeError(f"{cls.__name__}.Args.{f.name}: the default {f.default!r} is not "
+                                f"{_kind(hints[f.name])}") from None
+            if f.metadata.get("check") and not f.metadata["check"](f.default):
+                raise TypeError(f"{cls.__name__}.Args.{f.name}: the default {f.default!r} fails its check")
 
     @classmethod
     def equation(cls) -> str:
@@ -103,16 +153,16 @@ class Placement:
         """The layout of block `layer` (1-based) of `n_layers`."""
         raise NotImplementedError
 
-    def make_norm(self, cfg: ModelConfig, dim: int, scale: float = 1.0) -> nn.Module:
-        return Norm(cfg.norm, dim, cfg.norm_eps, scale)
+    def make_norm(self, cfg: ModelConfig, dim: int) -> nn.Module:
+        return Norm(cfg.norm, dim, cfg.norm_eps)
 
     def make_attention(self, cfg: ModelConfig, layer: int) -> nn.Module:
         """The attention sub-layer of block `layer` (OLMo 2 and HybridNorm add q/k/v norms)."""
         return Attention(cfg)
 
-    def make_block(self, cfg: ModelConfig, layer: int) -> nn.Module:
-        return Block(cfg, self.layout(layer, cfg.n_layers),
-                     lambda scale=1.0: self.make_norm(cfg, cfg.d_model, scale),
+    def make_block(self, cfg: ModelConfig, layer: int) -> BlockBase:
+        """Block `layer` (1-based); a placement with its own wiring returns its BlockBase subclass."""
+        return Block(cfg, self.layout(layer, cfg.n_layers), lambda: self.make_norm(cfg, cfg.d_model),
                      attention=self.make_attention(cfg, layer))
 
     def embed_scale(self, cfg: ModelConfig) -> float:
@@ -124,4 +174,8 @@ class Placement:
         projections' std by sqrt(2 n_layers). A placement with its own rule overrides this."""
         init_normal(model, cfg.init_std)
         if cfg.init_scheme == "scaled":
-            scale_output_projections(model.blocks, scaled_init_factor(cfg.n_layers))
+            factor = scaled_init_factor(cfg.n_layers)
+            with torch.no_grad():
+                for block in model.blocks:
+                    for proj in block.residual_projections():
+                        proj.weight.mul_(factor)

@@ -23,9 +23,6 @@ class DeepNorm(Placement):
               "microsoft/torchscale")
     final_norm = False
 
-    BETA_SCALED = ("gate_proj", "up_proj", "down_proj", "v_proj", "o_proj")
-    UNIT_GAIN = ("q_proj", "k_proj")
-
     @staticmethod
     def alpha(n_layers: int) -> float:
         return (2.0 * n_layers) ** 0.25
@@ -42,9 +39,9 @@ class DeepNorm(Placement):
         init_normal(model, cfg.init_std)  # embeddings and LM head
         beta = self.beta(cfg.n_layers)
         with torch.no_grad():
-            for name, m in model.blocks.named_modules():
-                leaf = name.rsplit(".", 1)[-1]
-                if leaf in self.BETA_SCALED:
-                    nn.init.xavier_normal_(m.weight, gain=beta)
-                elif leaf in self.UNIT_GAIN:
-                    nn.init.xavier_normal_(m.weight, gain=1.0)
+            for block in model.blocks:
+                a, f = block.attn, block.mlp
+                # in the blocks' module order, so a seed gives the same weights as ever
+                for proj, gain in ((a.q_proj, 1.0), (a.k_proj, 1.0), (a.v_proj, beta), (a.o_proj, beta),
+                                   (f.gate_proj, beta), (f.up_proj, beta), (f.down_proj, beta)):
+                    nn.init.xavier_normal_(proj.weight, gain=gain)

@@ -1,31 +1,24 @@
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from models.config import ConfigError
-from models.placements import BlockLayout, Placement, SubLayout, register
+from models.placements import BlockLayout, Placement, SubLayout, arg, register
 
 
 class DyT(nn.Module):
     """Dynamic Tanh: gamma * tanh(a x) + beta, a learnable scalar (init a0), gamma = 1, beta = 0
     per channel; an element-wise squashing in place of a norm (no statistics)."""
 
-    def __init__(self, dim: int, a0: float, scale: float = 1.0) -> None:
+    def __init__(self, dim: int, a0: float) -> None:
         super().__init__()
-        self.scale = scale
         self.alpha = nn.Parameter(torch.full((1,), float(a0)))
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim))
 
-    @property
-    def gain(self) -> torch.Tensor:
-        return self.weight * self.scale
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.tanh(self.alpha * x) * self.weight + self.bias
-        return y if self.scale == 1.0 else y * self.scale
+        return torch.tanh(self.alpha * x) * self.weight + self.bias
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, alpha0={self.alpha.item():.3g}"
@@ -46,22 +39,14 @@ class DynamicTanh(Placement):
 
     source = ("Zhu, Chen, He, LeCun, Liu, Transformers without Normalization (arXiv 2503.10622, "
               "CVPR 2025); jiachenzhu/DyT")
-    args = {"alpha0": 0.5}
 
-    def __init__(self, **args: Any) -> None:
-        super().__init__(**args)
-        try:
-            a0 = float(self.values["alpha0"])
-        except (TypeError, ValueError):
-            a0 = math.nan
-        if isinstance(self.values["alpha0"], bool) or not a0 > 0 or not math.isfinite(a0):
-            raise ConfigError(f"placement 'dyt': alpha0 must be a positive number; got "
-                              f"{self.values['alpha0']!r}")
-        self.values["alpha0"] = a0
+    @dataclass(frozen=True)
+    class Args:
+        alpha0: float = arg(0.5, must="a positive number", check=lambda a: 0.0 < a < math.inf)
 
     def layout(self, layer: int, n_layers: int) -> BlockLayout:
         sub = SubLayout(in_norm=True)
         return BlockLayout(attn=sub, mlp=sub)
 
-    def make_norm(self, cfg, dim: int, scale: float = 1.0) -> nn.Module:
-        return DyT(dim, self.values["alpha0"], scale)
+    def make_norm(self, cfg, dim: int) -> nn.Module:
+        return DyT(dim, self.args.alpha0)

@@ -11,19 +11,18 @@ class OffsetRMSNorm(nn.Module):
     """Gemma's RMSNorm: x / rms(x) * (1 + w), w = 0 at init (a unit gain that weight decay pulls
     towards one, not zero). Always RMS: Gemma has no LayerNorm variant, so `norm` does not apply."""
 
-    def __init__(self, dim: int, eps: float, scale: float = 1.0) -> None:
+    def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
-        self.eps, self.scale = eps, scale
+        self.eps = eps
         self.weight = nn.Parameter(torch.zeros(dim))
 
     @property
     def gain(self) -> torch.Tensor:
         """The effective multiplicative gain (what the diagnostics report)."""
-        return (1.0 + self.weight) * self.scale
+        return 1.0 + self.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.rms_norm(x, self.weight.shape, 1.0 + self.weight, self.eps)
-        return y if self.scale == 1.0 else y * self.scale
+        return F.rms_norm(x, self.weight.shape, 1.0 + self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"rmsnorm (1+w), {self.weight.shape[0]}, eps={self.eps}"
@@ -49,8 +48,8 @@ class Gemma(Placement):
         sub = SubLayout(in_norm=True, out_norm=True)
         return BlockLayout(attn=sub, mlp=sub)
 
-    def make_norm(self, cfg, dim: int, scale: float = 1.0) -> nn.Module:
-        return OffsetRMSNorm(dim, cfg.norm_eps, scale)
+    def make_norm(self, cfg, dim: int) -> nn.Module:
+        return OffsetRMSNorm(dim, cfg.norm_eps)
 
     def embed_scale(self, cfg) -> float:
         return math.sqrt(cfg.d_model)

@@ -1,14 +1,13 @@
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from models.config import ConfigError
 from models.layers import MLP, Attention
-from models.placements import BlockLayout, Placement, SubLayout, register
+from models.placements import BlockBase, Placement, arg, register
 
 
-class HybridNormBlock(nn.Module):
+class HybridNormBlock(BlockBase):
     """h = x + Attn_qkv(N_a(x)), then either u = N_m(h), y = u + F_m(u) (residual after the norm,
     HybridNorm) or y = h + F_m(N_m(h)) (Pre-Norm MLP, block 1 of HybridNorm*). N_a is the identity
     in HybridNorm blocks; Attn_qkv normalizes q, k and v per head."""
@@ -42,27 +41,18 @@ class HybridNorm(Placement):
 
     source = ("Zhuo et al., HybridNorm: Towards Stable and Efficient Transformer Training via "
               "Hybrid Normalization (arXiv 2503.04598); BryceZhuo/HybridNorm")
-    args = {"star": True}
 
-    def __init__(self, **args: Any) -> None:
-        super().__init__(**args)
-        if not isinstance(self.values["star"], bool):
-            raise ConfigError(f"placement 'hybridnorm': star must be true or false; got "
-                              f"{self.values['star']!r}")
+    @dataclass(frozen=True)
+    class Args:
+        star: bool = arg(True)
 
     def pre_norm_block(self, layer: int) -> bool:
-        return self.values["star"] and layer == 1
-
-    def layout(self, layer: int, n_layers: int) -> BlockLayout:
-        # what the generic slots can say; the MLP's residual-after-norm lives in HybridNormBlock
-        if self.pre_norm_block(layer):
-            return BlockLayout(attn=SubLayout(in_norm=True), mlp=SubLayout(in_norm=True))
-        return BlockLayout(attn=SubLayout(), mlp=SubLayout(in_norm=True))
+        return self.args.star and layer == 1
 
     def make_attention(self, cfg, layer: int) -> nn.Module:
-        return Attention(cfg, qk_norm="head", v_norm=True)
+        return Attention(cfg, qk_norm=True, v_norm=True)
 
-    def make_block(self, cfg, layer: int) -> nn.Module:
+    def make_block(self, cfg, layer: int) -> HybridNormBlock:
         pre = self.pre_norm_block(layer)
         norm = lambda: self.make_norm(cfg, cfg.d_model)  # noqa: E731
         return HybridNormBlock(cfg, self.make_attention(cfg, layer),

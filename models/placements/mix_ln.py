@@ -1,8 +1,7 @@
 import math
-from typing import Any
+from dataclasses import dataclass
 
-from models.config import ConfigError
-from models.placements import BlockLayout, Placement, SubLayout, register
+from models.placements import BlockLayout, Placement, SubLayout, arg, register
 
 
 @register("mix_ln")
@@ -19,22 +18,14 @@ class MixLN(Placement):
 
     source = ("Li, Yin, Liu, Mix-LN: Unleashing the Power of Deeper Layers by Combining Pre-LN and "
               "Post-LN (arXiv 2412.13795); pixeli99/MixLN")
-    args = {"alpha": 0.25}
 
-    def __init__(self, **args: Any) -> None:
-        super().__init__(**args)
-        alpha = self.values["alpha"]
-        try:
-            alpha = float(alpha)  # YAML may deliver 1e-1 as a string
-        except (TypeError, ValueError):
-            alpha = math.nan
-        if isinstance(self.values["alpha"], bool) or not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"placement 'mix_ln': alpha must be a number in [0, 1] (the share of "
-                              f"Post-LN blocks); got {self.values['alpha']!r}")
-        self.values["alpha"] = alpha
+    @dataclass(frozen=True)
+    class Args:
+        alpha: float = arg(0.25, must="a number in [0, 1] (the share of Post-LN blocks)",
+                           check=lambda a: 0.0 <= a <= 1.0)
 
     def post_ln_blocks(self, n_layers: int) -> int:
-        return math.floor(self.values["alpha"] * n_layers)
+        return math.floor(self.args.alpha * n_layers)
 
     def layout(self, layer: int, n_layers: int) -> BlockLayout:
         if layer <= self.post_ln_blocks(n_layers):

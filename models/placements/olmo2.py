@@ -24,7 +24,7 @@ class OLMo2(Placement):
         return BlockLayout(attn=sub, mlp=sub)
 
     def make_attention(self, cfg, layer: int) -> nn.Module:
-        return Attention(cfg, qk_norm="full")
+        return Attention(cfg, qk_norm=True, qk_full_width=True)
 
     def init_weights(self, model: nn.Module, cfg) -> None:
         std = cfg.init_std
