@@ -219,7 +219,9 @@ def _logger(kind: str, cfg: RunConfig) -> tuple[Any, Any]:
     tracking.prepare_store(uri)
     store = tracking.Store(uri)
     exp = store.experiment_id(cfg.sweep, tracking.artifact_root(uri, cfg.out_dir))
-    run_id = store.create_run(exp, cfg.key, tracking.flatten(cfg.to_dict()), {"sweep": cfg.sweep})
+    # a new record each time: a benchmark never resumes a run
+    run_id = tracking.open_run(store, exp, cfg.key, None, tracking.flatten(cfg.to_dict()),
+                               {"sweep": cfg.sweep})
     store.set_status(run_id, "running")
     return store.logger(run_id), (store, run_id)
 

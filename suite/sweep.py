@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import itertools
 import math
 import re
@@ -52,6 +51,7 @@ from suite.config import (
     run_config_from_dict,
     set_dotted,
 )
+from suite.files import suggest
 
 TOP_KEYS = ("name", "description", "base", "grid", "overrides", "exclude", "eval", "search")
 KEY_AXES = ("placement", "size", "lr", "seed")  # the fields the run key names
@@ -169,7 +169,7 @@ def sweep_from_dict(data: Any, where: str, extra: Mapping[str, Any] | None = Non
         raise ConfigError(f"{where}: expected a mapping with keys {', '.join(TOP_KEYS)}")
     for key in data:
         if key not in TOP_KEYS:
-            problems.append(f"{where}: {key}: unknown key{_suggest(str(key), TOP_KEYS)}")
+            problems.append(f"{where}: {key}: unknown key{suggest(str(key), TOP_KEYS, lead='; ')}")
 
     name = data.get("name")
     if name is None:
@@ -430,14 +430,15 @@ def _field_type(dotted: str, at: str, problems: list[str]) -> Any:
         rest = parts[i + 1:]
         if cls is ModelConfig:
             if part not in MODEL_OVERRIDES:
-                problems.append(f"{at}: unknown model field {part!r}{_suggest(part, MODEL_OVERRIDES)}")
+                problems.append(f"{at}: unknown model field {part!r}"
+                                f"{suggest(part, MODEL_OVERRIDES, lead='; ')}")
                 return None
         else:
             names = [f.name for f in fields(cls)]
             if part not in names:
                 prefix = ".".join(parts[:i])
                 what = f"field of {prefix}" if prefix else "run field"
-                problems.append(f"{at}: unknown {what} {part!r}{_suggest(part, names)}")
+                problems.append(f"{at}: unknown {what} {part!r}{suggest(part, names, lead='; ')}")
                 return None
         tp = typing.get_type_hints(cls)[part]
         if not rest:
@@ -463,7 +464,8 @@ def _check_value(dotted: str, value: Any, at: str, problems: list[str]) -> Any:
     if tp is None:
         return value
     if dotted == "size" and isinstance(value, str) and value not in SIZES:
-        problems.append(f"{at}: unknown size {value!r}{_suggest(value, SIZES)}; known: {', '.join(SIZES)}")
+        problems.append(f"{at}: unknown size {value!r}"
+                        f"{suggest(value, SIZES, lead='; ')}; known: {', '.join(SIZES)}")
         return value
     if tp is Any:
         return value
@@ -471,11 +473,6 @@ def _check_value(dotted: str, value: Any, at: str, problems: list[str]) -> Any:
 
 
 # ------------------------------------------------------------------------------------- utilities
-
-def _suggest(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=2)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
 
 def _nest(mapping: Mapping[str, Any]) -> dict[str, Any]:
     """Dotted keys ({'train.lr': 1}) as nested mappings; nested mappings kept."""
