@@ -44,6 +44,7 @@ from submitit.slurm.slurm import SlurmExecutor
 
 from models import ConfigError
 from suite.config import RunConfig, read_yaml, run_config_from_dict
+from suite.cost import resolve_budget
 from suite.files import suggest
 from suite.sweep import Sweep
 
@@ -236,8 +237,6 @@ class TrainJob(submitit.helpers.Checkpointable):
             store = tracking.Store(self.tracking_uri)
             logger = store.logger(self.run_id)
         if store and rank == 0:
-            from suite.train import resolve_budget
-
             store.set_status(self.run_id, "running", host=socket.gethostname(), job_id=slurm_job_id()
                              or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or str(os.getpid()),
                              checkpoint=str(last), resumed=last.is_file(),
@@ -456,7 +455,7 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
     todo = plan(cells, records, executor)
     sub = Submission(plan=todo, executor=executor, tracking_uri=uri)
 
-    params_of = {c.key: tracking.flatten(_resolved(c).to_dict()) for c in todo.submit}
+    params_of = {c.key: tracking.flatten(resolve_budget(c).to_dict()) for c in todo.submit}
     conflicts = []
     for cell in todo.submit:
         if cell.key in records:
@@ -503,12 +502,6 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
         _run_local(sub, jobs, params, parallel, say)
     sub.seconds = time.perf_counter() - start
     return sub
-
-
-def _resolved(cell: RunConfig) -> RunConfig:
-    from suite.train import resolve_budget
-
-    return resolve_budget(cell)
 
 
 def _group_by_resources(cells: list[RunConfig], params: Mapping[str, Any], where: str):

@@ -69,6 +69,7 @@ from optuna.trial import FrozenTrial, TrialState
 from models import ConfigError
 from suite import launch
 from suite.config import RunConfig, _fmt, run_config_from_dict
+from suite.cost import resolve_budget
 from suite.files import atomic_write_text, file_lock
 from suite.sweep import SearchSpec, Sweep
 from suite.train import finished_result
@@ -438,7 +439,6 @@ class TrialWorker(launch.Checkpointable):
     def _run_trial(self, spec: SearchSpec, study: optuna.Study, trial: optuna.Trial, world: int,
                    ctx: dict[str, Any]) -> Outcome:
         from suite import tracking
-        from suite.train import resolve_budget
 
         group = self._group(study.study_name)
         low, high = distribution(spec, group)

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from models import build_model
 from suite import fastpath
 from suite.config import RunConfig, run_config_from_dict
+from suite.cost import resolve_budget, tokens_per_step
 from suite.data import TokenData
 from suite.diagnostics import Diagnostics
 from suite.files import atomic_write_text
@@ -143,21 +144,6 @@ def trainer_kwargs(cfg: RunConfig) -> dict[str, Any]:
         enable_model_summary=False, use_distributed_sampler=False,  # StepSampler shards by rank
         deterministic=False,
     )
-
-
-def tokens_per_step(cfg: RunConfig) -> int:
-    t = cfg.train
-    return t.seq_len * t.batch_size * t.accumulate * t.devices * t.num_nodes
-
-
-def resolve_budget(cfg: RunConfig) -> RunConfig:
-    """A token budget (train.tokens) fixes max_steps."""
-    import dataclasses
-
-    if cfg.train.tokens is None:
-        return cfg
-    steps = max(1, cfg.train.tokens // tokens_per_step(cfg))
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
 
 
 def finished_result(cfg: RunConfig) -> dict[str, Any] | None:
