@@ -208,10 +208,6 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.eval_spec, self.threads = eval_spec, threads
         self.callbacks: list[Callback] = []  # extra Lightning callbacks (suite.search: eval loss to Optuna)
 
-    @property
-    def key(self) -> str:
-        return run_config_from_dict(self.run, "submitted run").key
-
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # Called by submitit's USR2 handler after SaveOnSignal saved last.ckpt: the same job runs
         # again and resumes from it.
@@ -254,7 +250,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
             plugins.append(SLURMEnvironment(auto_requeue=False))
         try:
-            result = train(cfg, callbacks=[saver, *getattr(self, 'callbacks', [])], logger=logger,
+            result = train(cfg, callbacks=[saver, *self.callbacks], logger=logger,
                            plugins=plugins)
             status = result.get("status", "finished")
             if rank == 0 and self.eval_spec and self.eval_spec.get("tasks") and status == "finished":
@@ -281,10 +277,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         return result
 
     def _evaluate(self, cfg: RunConfig, last: Path) -> dict[str, Any]:
-        try:
-            from evals import evaluate_checkpoint  # type: ignore[attr-defined]
-        except ImportError:
-            from evals.run import evaluate_checkpoint
+        from evals.run import evaluate_checkpoint
         spec = self.eval_spec
         return evaluate_checkpoint(str(last), list(spec["tasks"]), limit=spec.get("limit"),
                                    data_dir=spec.get("data_dir"), batch_size=spec.get("batch_size", 32),
