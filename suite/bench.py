@@ -12,13 +12,10 @@ the host's launch rate. Then the fit is stopped (no checkpoint is written).
 
     tokens/s per device = seq_len x batch_size x accumulate / mean step time
     MFU = flops_per_token x tokens/s per device / peak FLOP/s of one device
-    flops_per_token = 6 x (non-embedding parameters + LM head d_model x vocab)
-                      + 12 x n_layers x d_model x seq_len
-      (the PaLM convention: forward + backward matmul FLOPs, attention scores counted in full, not
-      halved for the causal mask; the LM head counted at the real vocabulary, not the padded one)
 
-Peak FLOP/s: 989e12 for an H100/H200 in bf16 (dense, no sparsity); other devices and precisions
-have no built-in peak, and MFU is then "n/a" unless `--peak-flops` gives one.
+with flops_per_token and the device's peak from suite.cost (the PaLM convention; the peak from
+Lightning's table of GPUs at the run's precision, an H200 at an H100 SXM's dense figure). A device
+without a known peak (a CPU, an unlisted GPU) gets MFU "n/a" unless `--peak-flops` gives one.
 
 `--overhead` runs every placement a second time "bare" (no logger output, no diagnostics, logging
 interval beyond the run) and reports the step-time overhead of logging + diagnostics in percent.
@@ -47,47 +44,16 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 
-from models import ConfigError, ModelConfig, build_model
+from models import ConfigError
+from suite import cost
 from suite.config import RunConfig, load_run_config
 from suite.data import StepSampler, TokenData
 
-# dense bf16 tensor-core peak of one device (FLOP/s), by a substring of its CUDA name
-BF16_PEAKS = {"H100": 989e12, "H200": 989e12}
-CL100K_VOCAB = 100277  # cl100k_base (the paper's tokenizer): 100352 rows once padded to 128
+CL100K_VOCAB = cost.KNOWN_VOCAB[cost.CL100K]  # the paper's tokenizer: 100352 rows once padded to 128
 RESULT_KEYS = ("placement", "size", "seq_len", "batch_size", "accumulate", "devices", "steps",
                "step_time_s", "tokens_per_s_per_device", "tokens_per_s", "mfu", "flops_per_token",
                "peak_flops", "peak_memory_bytes", "peak_memory_kind", "loader_tokens_per_s",
                "precision", "compile", "strategy", "logger", "diagnostics", "status")
-
-
-# ------------------------------------------------------------------------------------ the sums
-
-def flops_per_token(mc: ModelConfig, seq_len: int, non_embedding_params: int) -> float:
-    """Training FLOPs per token: 6 x (non-embedding params + LM head) + 12 x L x d x T."""
-    lm_head = mc.d_model * mc.vocab_size
-    return 6.0 * (non_embedding_params + lm_head) + 12.0 * mc.n_layers * mc.d_model * seq_len
-
-
-def mfu(flops_token: float, tokens_per_s_per_device: float, peak_flops: float | None) -> float | None:
-    return None if not peak_flops else flops_token * tokens_per_s_per_device / peak_flops
-
-
-def device_peak(device_name: str, precision: str) -> tuple[float | None, str]:
-    """(peak FLOP/s, what it is) for one device; (None, why) when no peak is known."""
-    if precision.startswith("bf16"):
-        for key, peak in BF16_PEAKS.items():
-            if key in device_name:
-                return peak, f"{peak:.4g} FLOP/s ({key} bf16 dense peak)"
-    return None, f"n/a (no known peak for {device_name} at precision {precision}; pass --peak-flops)"
-
-
-def non_embedding_params(cfg: RunConfig, vocab: int) -> tuple[ModelConfig, int]:
-    """The model's config and non-embedding parameter count, from a meta-device build (exact under
-    any wrapper, no memory)."""
-    mc = cfg.model_config(vocab)
-    with torch.device("meta"):
-        model = build_model(mc)
-    return mc, model.num_params(non_embedding=True)
 
 
 # ------------------------------------------------------------------------------------ the data
@@ -219,7 +185,9 @@ def _logger(kind: str, cfg: RunConfig) -> tuple[Any, Any]:
     tracking.prepare_store(uri)
     store = tracking.Store(uri)
     exp = store.experiment_id(cfg.sweep, tracking.artifact_root(uri, cfg.out_dir))
-    run_id = store.create_run(exp, cfg.key, tracking.flatten(cfg.to_dict()), {"sweep": cfg.sweep})
+    # a new record each time: a benchmark never resumes a run
+    run_id = tracking.open_run(store, exp, cfg.key, None, tracking.flatten(cfg.to_dict()),
+                               {"sweep": cfg.sweep})
     store.set_status(run_id, "running")
     return store.logger(run_id), (store, run_id)
 
@@ -227,7 +195,7 @@ def _logger(kind: str, cfg: RunConfig) -> tuple[Any, Any]:
 def bench_one(cfg: RunConfig, *, warmup: int, steps: int, data: str, vocab: int, logger: str,
               diagnostics: bool = True, peak_flops: float | None = None) -> dict[str, Any]:
     """Train `cfg` for warmup + steps optimizer steps and return the measurements (RESULT_KEYS)."""
-    from suite.train import tokens_per_step, train
+    from suite.train import train
 
     t = cfg.train
     total = warmup + steps
@@ -257,8 +225,8 @@ def bench_one(cfg: RunConfig, *, warmup: int, steps: int, data: str, vocab: int,
             record[0].set_status(record[1], "finished" if status == "finished" else "failed")
 
     vocab_size = dm.tokenizer.vocab_size
-    mc, n_non_emb = non_embedding_params(cfg, vocab_size)
-    fpt = flops_per_token(mc, t.seq_len, n_non_emb)
+    mc, n_non_emb = cost.non_embedding_params(cfg, vocab_size)
+    fpt = cost.flops_per_token(mc, t.seq_len, n_non_emb)
     devices = t.devices * t.num_nodes
     out: dict[str, Any] = dict(
         placement=cfg.placement, size=cfg.size, seq_len=t.seq_len, batch_size=t.batch_size,
@@ -268,26 +236,22 @@ def bench_one(cfg: RunConfig, *, warmup: int, steps: int, data: str, vocab: int,
         loader_tokens_per_s=loader_rate, rank=timer.rank, **timer.info)
     device = torch.device(timer.info.get("device", "cpu"))
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
         out.update(peak_memory_bytes=torch.cuda.max_memory_allocated(device),
                    peak_memory_reserved_bytes=torch.cuda.max_memory_reserved(device),
                    peak_memory_kind="torch.cuda.max_memory_allocated (device)")
     else:
-        name = platform.processor() or platform.machine() or "cpu"
         out.update(peak_memory_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                    peak_memory_kind="host peak RSS of this process (cumulative; no device memory)",
                    cpu_threads=torch.get_num_threads())
-    out["device_name"] = name
-    peak, peak_text = (peak_flops, f"{peak_flops:.4g} FLOP/s (--peak-flops)") if peak_flops else \
-        device_peak(name, out.get("precision", ""))
-    out.update(peak_flops=peak, peak_flops_source=peak_text)
+    peak, peak_text = cost.device_peak(device, out.get("precision", ""), peak_flops)
+    out.update(device_name=cost.device_name(device), peak_flops=peak, peak_flops_source=peak_text)
     if timer.seconds is None:
         out.update(step_time_s=None, tokens_per_s_per_device=None, tokens_per_s=None, mfu=None)
         return out
     step_time = timer.seconds / steps
     per_device = t.seq_len * t.batch_size * t.accumulate / step_time
     out.update(step_time_s=step_time, tokens_per_s_per_device=per_device,
-               tokens_per_s=tokens_per_step(cfg) / step_time, mfu=mfu(fpt, per_device, peak),
+               tokens_per_s=cost.tokens_per_step(cfg) / step_time, mfu=cost.mfu(fpt, per_device, peak),
                host_step_time_median_s=statistics.median(timer.host_intervals),
                process_cpu_s_per_step=timer.cpu_seconds / steps,
                loader_headroom=loader_rate / per_device)
@@ -359,7 +323,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--logger", choices=("mlflow", "csv", "none"), default="mlflow",
                    help="what the run logs to: MLflow (suite.tracking, default), CSV, or nothing")
     p.add_argument("--peak-flops", type=float, default=None,
-                   help="peak FLOP/s of one device for MFU (default: known for H100/H200 bf16 only)")
+                   help="peak FLOP/s of one device for MFU (default: Lightning's figure for the GPU "
+                        "and precision; none for a CPU)")
     p.add_argument("--overhead", action="store_true",
                    help="also run each placement bare (no logging, no diagnostics): overhead in %%")
     p.add_argument("--find-max-batch", action="store_true",

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 
 from models import ConfigError
+from suite import cost
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Handler] = {}
@@ -94,7 +95,8 @@ def _placements(p: argparse.ArgumentParser) -> Handler:
 
 @command("sizes", "the model sizes with their dimensions and parameter counts", "periln sizes")
 def _sizes(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("--vocab", type=int, default=100277, help="vocabulary for the total (cl100k_base)")
+    p.add_argument("--vocab", type=int, default=cost.KNOWN_VOCAB[cost.CL100K],
+                   help="vocabulary for the total (cl100k_base)")
 
     def run(args: argparse.Namespace) -> int:
         from models import SIZES, ModelConfig
@@ -154,15 +156,18 @@ def _plan(p: argparse.ArgumentParser) -> Handler:
     _sweep_args(p)
     p.add_argument("--only", action="append", default=[], metavar="field=value",
                    help="only the matching cells (repeatable), e.g. --only size=400m")
-    p.add_argument("--mfu", type=float, default=None, help="model FLOPs utilization (default 0.4: ours)")
-    p.add_argument("--peak-tflops", type=float, default=989.0,
-                   help="peak dense TFLOP/s per GPU (default 989: H100 SXM bf16)")
+    p.add_argument("--mfu", type=float, default=None,
+                   help=f"model FLOPs utilization (default {cost.DEFAULT_MFU:g}: ours)")
+    peak = cost.HOPPER_SXM_DENSE_16BIT / 1e12
+    p.add_argument("--peak-tflops", type=float, default=peak,
+                   help=f"peak dense TFLOP/s per GPU (default {peak:g}: H100 SXM bf16)")
 
     def run(args: argparse.Namespace) -> int:
-        from suite.sweep import DEFAULT_MFU, format_plan, load_sweep
+        from suite.sweep import format_plan, load_sweep
 
         sweep = load_sweep(args.sweep, args.overrides)
-        print(format_plan(sweep, sweep.select(args.only), args.mfu or DEFAULT_MFU, args.peak_tflops * 1e12))
+        print(format_plan(sweep, sweep.select(args.only), args.mfu or cost.DEFAULT_MFU,
+                          args.peak_tflops * 1e12))
         return 0
 
     return run

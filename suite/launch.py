@@ -22,7 +22,6 @@ constraint, setup, signal_delay_s, array_parallelism, additional_parameters, ...
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import os
 import signal
@@ -33,7 +32,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,8 @@ from submitit.slurm.slurm import SlurmExecutor
 
 from models import ConfigError
 from suite.config import RunConfig, read_yaml, run_config_from_dict
+from suite.cost import resolve_budget
+from suite.files import suggest
 from suite.sweep import Sweep
 
 EXECUTORS = ("local", "debug", "slurm")
@@ -93,9 +94,7 @@ def load_profile(path: str | Path | None) -> dict[str, Any]:
                 problems.append(f"{at}: expected a list of shell lines; got {value!r}")
             out[f"slurm_{name}"] = value
         else:
-            close = difflib.get_close_matches(name, [*GENERIC, *SLURM_NAMES], n=2)
-            hint = f"did you mean {' or '.join(map(repr, close))}?" if close else \
-                f"known: {', '.join([*GENERIC, *SLURM_NAMES])}"
+            hint = suggest(name, [*GENERIC, *SLURM_NAMES]) or f"known: {', '.join([*GENERIC, *SLURM_NAMES])}"
             problems.append(f"{at}: unknown submitit parameter; {hint}")
     if problems:
         raise ConfigError("\n".join(problems))
@@ -209,10 +208,6 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.eval_spec, self.threads = eval_spec, threads
         self.callbacks: list[Callback] = []  # extra Lightning callbacks (suite.search: eval loss to Optuna)
 
-    @property
-    def key(self) -> str:
-        return run_config_from_dict(self.run, "submitted run").key
-
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # Called by submitit's USR2 handler after SaveOnSignal saved last.ckpt: the same job runs
         # again and resumes from it.
@@ -238,8 +233,6 @@ class TrainJob(submitit.helpers.Checkpointable):
             store = tracking.Store(self.tracking_uri)
             logger = store.logger(self.run_id)
         if store and rank == 0:
-            from suite.train import resolve_budget
-
             store.set_status(self.run_id, "running", host=socket.gethostname(), job_id=slurm_job_id()
                              or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or str(os.getpid()),
                              checkpoint=str(last), resumed=last.is_file(),
@@ -257,7 +250,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
             plugins.append(SLURMEnvironment(auto_requeue=False))
         try:
-            result = train(cfg, callbacks=[saver, *getattr(self, 'callbacks', [])], logger=logger,
+            result = train(cfg, callbacks=[saver, *self.callbacks], logger=logger,
                            plugins=plugins)
             status = result.get("status", "finished")
             if rank == 0 and self.eval_spec and self.eval_spec.get("tasks") and status == "finished":
@@ -365,17 +358,17 @@ def job_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
-def _alive_local(record_tags: Mapping[str, str]) -> bool:
-    """A local/debug job still running on this host (its pid is alive)."""
-    if record_tags.get("host") != socket.gethostname():
-        return False
-    pid = record_tags.get("job_id", "")
-    if not pid.isdigit():
+def alive_here(host: str | None, pid: int | str | None) -> bool:
+    """Whether a local/debug job (a sweep cell, a search worker) still runs: `host` is this machine
+    and `pid` a live process other than this one (a record naming this very process is left from
+    an earlier attempt of it: the debug executor runs jobs in-process)."""
+    pid = str(pid or "")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) in (0, os.getpid()):
         return False
     try:
         os.kill(int(pid), 0)
         return True
-    except OSError:
+    except OSError:  # gone; or another user's process that took the pid over (EPERM)
         return False
 
 
@@ -402,12 +395,32 @@ def plan(cells: list[RunConfig], records: Mapping[str, Any], executor: str) -> P
             if state in ACTIVE_SLURM:
                 out.skip[cell.key] = f"{rec.status} (SLURM job {rec.tags['job_id']} {state})"
                 continue
-        elif rec.status == "running" and _alive_local(rec.tags):
+        elif rec.status == "running" and alive_here(rec.tags.get("host"), rec.tags.get("job_id")):
             out.skip[cell.key] = f"running (pid {rec.tags['job_id']})"
             continue
         out.submit.append(cell)
         out.resume.add(cell.key)
     return out
+
+
+def preflight(sweep: Sweep, cells: Iterable[RunConfig], executor: str,
+              profile: str | Path | None) -> dict[str, Any]:
+    """What `submit` and suite.search check before they record anything: a known executor, a valid
+    profile whose resources every cell agrees with, and one process per cell off SLURM. Returns the
+    profile's parameters."""
+    if executor not in EXECUTORS:
+        hint = suggest(executor, EXECUTORS, n=1)
+        raise ConfigError(f"--executor {executor!r}: unknown; {hint + ' ' if hint else ''}"
+                          f"use one of {', '.join(EXECUTORS)}")
+    params = load_profile(profile)
+    for cell in cells:
+        resources(cell, params, str(profile or "profile"))
+        processes = cell.train.devices * cell.train.num_nodes
+        if executor != "slurm" and processes > 1:
+            raise ConfigError(f"{sweep.path}: {cell.key}: train.devices x train.num_nodes = {processes} "
+                              f"processes need --executor slurm (one task per device); {executor} runs "
+                              "one process per cell")
+    return params
 
 
 def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = None,
@@ -419,21 +432,10 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
     from suite import tracking
 
     say = progress or (lambda line: None)
-    if executor not in EXECUTORS:
-        close = difflib.get_close_matches(executor, EXECUTORS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"--executor {executor!r}: unknown; {hint}use one of {', '.join(EXECUTORS)}")
-    params = load_profile(profile)
     cells = sweep.select(only)
+    params = preflight(sweep, cells, executor, profile)  # before anything is recorded
     uri = tracking.store_uri(sweep.out_dir, tracking_uri)
     start = time.perf_counter()
-
-    for cell in cells:  # resources first: a mismatch fails before anything is recorded
-        resources(cell, params, str(profile or "profile"))
-        if executor != "slurm" and cell.train.devices * cell.train.num_nodes > 1:
-            raise ConfigError(f"{sweep.path}: {cell.key}: train.devices x train.num_nodes = "
-                              f"{cell.train.devices * cell.train.num_nodes} processes need --executor "
-                              f"slurm (one task per device); {executor} runs one process per cell")
 
     if dry_run and tracking._sqlite_path(uri) and not tracking._sqlite_path(uri).exists():
         records: dict = {}
@@ -447,7 +449,7 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
     todo = plan(cells, records, executor)
     sub = Submission(plan=todo, executor=executor, tracking_uri=uri)
 
-    params_of = {c.key: tracking.flatten(_resolved(c).to_dict()) for c in todo.submit}
+    params_of = {c.key: tracking.flatten(resolve_budget(c).to_dict()) for c in todo.submit}
     conflicts = []
     for cell in todo.submit:
         if cell.key in records:
@@ -464,19 +466,11 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
     if dry_run:
         run_ids = {c.key: getattr(records.get(c.key), "run_id", None) for c in todo.submit}
     else:
-        commit, dirty = git_state(Path(__file__).resolve().parent.parent)
+        git = git_state(Path(__file__).resolve().parent.parent)
         for cell in todo.submit:
-            rec = records.get(cell.key)
-            tags = dict(sweep=sweep.name, placement=cell.placement, size=cell.size, lr=cell.lr,
-                        seed=cell.seed, variant=cell.variant or None, git_commit=commit,
-                        git_dirty=dirty, executor=executor, sweep_file=str(Path(sweep.path).resolve()))
-            if rec is None:
-                run_ids[cell.key] = store.create_run(exp_id, cell.key, params_of[cell.key],
-                                                     {k: str(v) for k, v in tags.items() if v is not None})
-            else:
-                run_ids[cell.key] = rec.run_id
-                store.set_status(rec.run_id, "queued", **{k: v for k, v in tags.items()
-                                                          if k in ("executor", "git_commit", "git_dirty")})
+            tags = tracking.run_tags(cell, Path(sweep.path).resolve(), executor, git)
+            run_ids[cell.key] = tracking.open_run(store, exp_id, cell.key, records.get(cell.key),
+                                                  params_of[cell.key], tags, status="queued")
 
     eval_spec = sweep.eval.to_dict() if sweep.eval.enabled else None
     cwd = os.getcwd()
@@ -502,12 +496,6 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
         _run_local(sub, jobs, params, parallel, say)
     sub.seconds = time.perf_counter() - start
     return sub
-
-
-def _resolved(cell: RunConfig) -> RunConfig:
-    from suite.train import resolve_budget
-
-    return resolve_budget(cell)
 
 
 def _group_by_resources(cells: list[RunConfig], params: Mapping[str, Any], where: str):

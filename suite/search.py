@@ -47,8 +47,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
-import fcntl
 import io
 import json
 import math
@@ -56,8 +54,8 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,6 +69,8 @@ from optuna.trial import FrozenTrial, TrialState
 from models import ConfigError
 from suite import launch
 from suite.config import RunConfig, _fmt, run_config_from_dict
+from suite.cost import resolve_budget
+from suite.files import atomic_write_text, file_lock
 from suite.sweep import SearchSpec, Sweep
 from suite.train import finished_result
 
@@ -210,21 +210,12 @@ def existing_storage(sweep: Sweep) -> optuna.storages.BaseStorage:
     return open_storage(url)
 
 
-@contextmanager
-def _locked(url: str) -> Iterator[None]:
-    """One coordinator at a time reconciles a storage (two at once would enqueue twice)."""
-    path = Path(url.removeprefix("journal:").removeprefix("sqlite:///") + ".coordinator.lock") \
-        if url.startswith(("journal:", "sqlite:///")) else None
-    if path is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _locked(url: str) -> AbstractContextManager[None]:
+    """One coordinator at a time reconciles a storage (two at once would enqueue twice); a
+    database server's storage has no file beside it to lock."""
+    if not url.startswith(("journal:", "sqlite:///")):
+        return nullcontext()
+    return file_lock(url.removeprefix("journal:").removeprefix("sqlite:///") + ".coordinator.lock")
 
 
 def _sampler(spec: SearchSpec, number: int) -> optuna.samplers.BaseSampler:
@@ -448,7 +439,6 @@ class TrialWorker(launch.Checkpointable):
     def _run_trial(self, spec: SearchSpec, study: optuna.Study, trial: optuna.Trial, world: int,
                    ctx: dict[str, Any]) -> Outcome:
         from suite import tracking
-        from suite.train import resolve_budget
 
         group = self._group(study.study_name)
         low, high = distribution(spec, group)
@@ -458,11 +448,8 @@ class TrialWorker(launch.Checkpointable):
         trial.set_user_attr("run_key", cell.key)
         store, exp_id, key = ctx["store"], ctx["exp_id"], cell.key
         params = tracking.flatten(resolve_budget(cell).to_dict())
-        commit, dirty = ctx["git"]
-        tags = dict(sweep=self.sweep["name"], placement=cell.placement, size=cell.size, lr=cell.lr,
-                    seed=cell.seed, variant=cell.variant or None, git_commit=commit, git_dirty=dirty,
-                    executor=self.executor, sweep_file=self.sweep["path"], study=study.study_name,
-                    trial=trial.number, search_method=spec.method)
+        tags = tracking.run_tags(cell, self.sweep["path"], self.executor, ctx["git"],
+                                 study=study.study_name, trial=trial.number, search_method=spec.method)
         rec = store.runs(exp_id).get(key)
         mine = {j for j in (launch.slurm_job_id(), os.environ.get("SUBMITIT_LOCAL_JOB_ID"),
                             str(os.getpid())) if j}
@@ -470,16 +457,10 @@ class TrialWorker(launch.Checkpointable):
             busy = launch.plan([cell], {key: rec}, self.executor).skip.get(key)
             if busy and busy not in tracking.DONE:  # e.g. `periln submit` runs this key right now
                 raise ConfigError(f"run key {key} is {busy} elsewhere; retried by the next periln search")
-        if rec is None:
-            run_id = store.create_run(exp_id, key, params,
-                                      {k: str(v) for k, v in tags.items() if v is not None})
-        else:
-            run_id = rec.run_id
-            conflicts = tracking.param_conflicts(rec, params)
-            if conflicts:
-                raise ConfigError(f"run key {key} is recorded with other settings ({conflicts[0]})")
-            store.set_tags(run_id, **{k: v for k, v in tags.items()
-                                      if k in ("study", "trial", "search_method", "executor")})
+        conflicts = tracking.param_conflicts(rec, params) if rec is not None else []
+        if conflicts:
+            raise ConfigError(f"run key {key} is recorded with other settings ({conflicts[0]})")
+        run_id = tracking.open_run(store, exp_id, key, rec, params, tags)
         trial.set_user_attr("mlflow_run_id", run_id)
         result = finished_result(cell)
         if result is not None:  # trained before (an earlier search, or submit): reuse its record
@@ -507,11 +488,9 @@ class TrialWorker(launch.Checkpointable):
         return Path(self.folder) / ".ranks" / f"{launch.slurm_job_id()}-r{restart}-{round_}.json"
 
     def _tell_followers(self, message: dict[str, Any]) -> None:
-        from suite.train import write_atomic
-
         path = self._channel(self.round)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(message))
+        atomic_write_text(path, json.dumps(message))
         self.round += 1
 
     def _follow(self) -> dict[str, Any]:
@@ -562,8 +541,7 @@ def _liveness(trials: Sequence[FrozenTrial]) -> dict[int, bool | None]:
         if info.get("job_id"):
             out[number] = states.get(info["job_id"]) in launch.ACTIVE_SLURM
         elif info.get("host") == socket.gethostname():
-            pid = int(info.get("pid") or 0)
-            out[number] = pid != os.getpid() and pid > 0 and _pid_alive(pid)
+            out[number] = launch.alive_here(info["host"], info.get("pid"))
         elif not info:  # popped, not yet labelled: give its worker 10 minutes to label it
             start = next(t.datetime_start for t in trials if t.number == number)
             age = (datetime.now(UTC) - start.astimezone(UTC)).total_seconds() if start else 0
@@ -571,14 +549,6 @@ def _liveness(trials: Sequence[FrozenTrial]) -> dict[int, bool | None]:
         else:  # another host, no SLURM job: cannot tell from here
             out[number] = None
     return out
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
 
 
 def reconcile(storage: optuna.storages.BaseStorage, study: optuna.Study, group: Group,
@@ -660,22 +630,12 @@ def search(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
 
     say = progress or (lambda line: None)
     spec = _spec(sweep)
-    if executor not in launch.EXECUTORS:
-        close = difflib.get_close_matches(executor, launch.EXECUTORS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(f"--executor {executor!r}: unknown; {hint}use one of {', '.join(launch.EXECUTORS)}")
     k = workers or spec.workers
     if k < 1:
         raise ConfigError(f"--workers {k}: expected >= 1")
     groups = plan_groups(sweep, only)
-    params = launch.load_profile(profile)
-    where = str(profile or "profile")
-    for group in groups:  # resources first: a mismatch fails before anything is written
-        for cell in group.cells:
-            launch.resources(cell, params, where)
-            if executor != "slurm" and cell.train.devices * cell.train.num_nodes > 1:
-                raise ConfigError(f"{sweep.path}: {cell.key}: train.devices x train.num_nodes > 1 needs "
-                                  f"--executor slurm (one task per device)")
+    # before anything is written
+    params = launch.preflight(sweep, [c for g in groups for c in g.cells], executor, profile)
     start = time.perf_counter()
     url = storage_url(sweep)
     storage = open_storage(url)
@@ -719,7 +679,7 @@ def search(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
                                       str(job_folder), executor, threads) for i in range(run.workers)}
     job_params = dict(params)
     if executor == "slurm":
-        job_params = launch.resources(groups[0].template, params, where)
+        job_params = launch.resources(groups[0].template, params, str(profile or "profile"))
     say(f"{waiting} trials in the queues: {run.workers} workers ({executor})")
     run.submission = launch.run_jobs(jobs, executor, job_params, job_folder, f"periln-search-{sweep.name}",
                                      parallel=run.workers, progress=say)
@@ -857,10 +817,7 @@ def write_csv(table: Sequence[Mapping[str, Any]], path: Path) -> Path:
         w.writerow(["" if r[c] is None else f"{r[c]:.6g}" if c == "lr" else f"{r[c]:.6f}"
                     if c == "eval_loss" else r[c] for c in CSV_COLUMNS])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, buf.getvalue())
 
 
 def plot(sweep: Sweep, out_dir: Path) -> list[Path]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import itertools
 import math
 import re
@@ -40,6 +39,7 @@ from typing import Any
 
 from models import SIZES, ConfigError, ModelConfig
 from models.placements import get_placement
+from suite import cost
 from suite.config import (
     MODEL_OVERRIDES,
     RunConfig,
@@ -52,6 +52,7 @@ from suite.config import (
     run_config_from_dict,
     set_dotted,
 )
+from suite.files import suggest
 
 TOP_KEYS = ("name", "description", "base", "grid", "overrides", "exclude", "eval", "search")
 KEY_AXES = ("placement", "size", "lr", "seed")  # the fields the run key names
@@ -169,7 +170,7 @@ def sweep_from_dict(data: Any, where: str, extra: Mapping[str, Any] | None = Non
         raise ConfigError(f"{where}: expected a mapping with keys {', '.join(TOP_KEYS)}")
     for key in data:
         if key not in TOP_KEYS:
-            problems.append(f"{where}: {key}: unknown key{_suggest(str(key), TOP_KEYS)}")
+            problems.append(f"{where}: {key}: unknown key{suggest(str(key), TOP_KEYS, lead='; ')}")
 
     name = data.get("name")
     if name is None:
@@ -430,14 +431,15 @@ def _field_type(dotted: str, at: str, problems: list[str]) -> Any:
         rest = parts[i + 1:]
         if cls is ModelConfig:
             if part not in MODEL_OVERRIDES:
-                problems.append(f"{at}: unknown model field {part!r}{_suggest(part, MODEL_OVERRIDES)}")
+                problems.append(f"{at}: unknown model field {part!r}"
+                                f"{suggest(part, MODEL_OVERRIDES, lead='; ')}")
                 return None
         else:
             names = [f.name for f in fields(cls)]
             if part not in names:
                 prefix = ".".join(parts[:i])
                 what = f"field of {prefix}" if prefix else "run field"
-                problems.append(f"{at}: unknown {what} {part!r}{_suggest(part, names)}")
+                problems.append(f"{at}: unknown {what} {part!r}{suggest(part, names, lead='; ')}")
                 return None
         tp = typing.get_type_hints(cls)[part]
         if not rest:
@@ -463,7 +465,8 @@ def _check_value(dotted: str, value: Any, at: str, problems: list[str]) -> Any:
     if tp is None:
         return value
     if dotted == "size" and isinstance(value, str) and value not in SIZES:
-        problems.append(f"{at}: unknown size {value!r}{_suggest(value, SIZES)}; known: {', '.join(SIZES)}")
+        problems.append(f"{at}: unknown size {value!r}"
+                        f"{suggest(value, SIZES, lead='; ')}; known: {', '.join(SIZES)}")
         return value
     if tp is Any:
         return value
@@ -471,11 +474,6 @@ def _check_value(dotted: str, value: Any, at: str, problems: list[str]) -> Any:
 
 
 # ------------------------------------------------------------------------------------- utilities
-
-def _suggest(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=2)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
 
 def _nest(mapping: Mapping[str, Any]) -> dict[str, Any]:
     """Dotted keys ({'train.lr': 1}) as nested mappings; nested mappings kept."""
@@ -547,71 +545,13 @@ def _variant_part(axis: str, value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.+]", "", f"{axis.split('.')[-1]}{_fmt(value)}")
 
 
-# ------------------------------------------------------------------------------------------ cost
+# ------------------------------------------------------------------------------------------ plan
 
-# Vocabulary sizes of tokenizers that may not be loadable offline (cost estimates only).
-KNOWN_VOCAB = {"tiktoken:cl100k_base": 100277, "tiktoken:o200k_base": 200019,
-               "tiktoken:r50k_base": 50257, "tiktoken:gpt2": 50257, "tiktoken:p50k_base": 50281}
-H100_BF16_PEAK = 989e12  # FLOP/s, dense bf16, H100 SXM (NVIDIA datasheet)
-DEFAULT_MFU = 0.40  # ours: STACK_NOTES measured 0.435 for a 411M model on one H100 (bf16, compiled)
-
-
-def vocab_size(tokenizer: str) -> int:
-    if tokenizer in KNOWN_VOCAB:
-        return KNOWN_VOCAB[tokenizer]
-    from suite.tokenizer import load_tokenizer
-
-    try:
-        return load_tokenizer(tokenizer).vocab_size
-    except Exception:  # offline or missing: a GPT-2-sized vocabulary is the estimate
-        return 50257
-
-
-def flops_per_token(cfg: RunConfig, vocab: int) -> float:
-    """Training FLOPs per token: 6 x (non-embedding + LM-head parameters) + 12 x layers x d x seq
-    (the attention scores; PaLM, Chowdhery et al. 2022, appendix B)."""
-    import torch
-
-    mcfg = cfg.model_config(vocab)
-    with torch.device("meta"):
-        from models import build_model
-
-        model = build_model(mcfg)
-    matmul = model.num_params(non_embedding=True) + vocab * mcfg.d_model
-    return 6.0 * matmul + 12.0 * mcfg.n_layers * mcfg.d_model * cfg.train.seq_len
-
-
-@dataclass(frozen=True)
-class Cost:
-    tokens: int  # per run
-    flops: float  # per run
-    gpu_hours: float  # per run
-
-
-def estimate(cells: list[RunConfig], mfu: float = DEFAULT_MFU,
-             peak_flops: float = H100_BF16_PEAK) -> dict[str, Cost]:
-    """Tokens, FLOPs and GPU-hours (at `mfu` of `peak_flops`) of every cell, by run key."""
-    from suite.train import resolve_budget, tokens_per_step
-
-    per_shape: dict[tuple, float] = {}
-    out = {}
-    for cell in cells:
-        cell = resolve_budget(cell)
-        vocab = vocab_size(cell.data.tokenizer)
-        shape = (cell.placement, tuple(sorted(cell.placement_args.items())), cell.size,
-                 tuple(sorted(cell.model.items())), vocab, cell.train.seq_len)
-        if shape not in per_shape:
-            per_shape[shape] = flops_per_token(cell, vocab)
-        tokens = cell.train.max_steps * tokens_per_step(cell)
-        flops = tokens * per_shape[shape]
-        out[cell.key] = Cost(tokens=tokens, flops=flops, gpu_hours=flops / (peak_flops * mfu) / 3600)
-    return out
-
-
-def format_plan(sweep: Sweep, cells: list[RunConfig], mfu: float = DEFAULT_MFU,
-                peak_flops: float = H100_BF16_PEAK) -> str:
-    """`periln plan`: the cells, counts per axis, and the cost (tokens; GPU-hours at `mfu`)."""
-    costs = estimate(cells, mfu, peak_flops)
+def format_plan(sweep: Sweep, cells: list[RunConfig], mfu: float = cost.DEFAULT_MFU,
+                peak_flops: float = cost.HOPPER_SXM_DENSE_16BIT) -> str:
+    """`periln plan`: the cells, counts per axis, and the cost (tokens; GPU-hours at `mfu`;
+    suite.cost)."""
+    costs = cost.estimate(cells, mfu, peak_flops)
     lines = [f"sweep {sweep.name} ({sweep.path}): {len(cells)} cells"
              + (f" ({sweep.excluded} excluded)" if sweep.excluded else "")]
     if sweep.description:
@@ -620,11 +560,9 @@ def format_plan(sweep: Sweep, cells: list[RunConfig], mfu: float = DEFAULT_MFU,
     for axis, per in sweep.counts().items():
         lines.append(f"  {axis} ({len(per)}): " + ", ".join(f"{v} x{n}" for v, n in per.items()))
     lines.append(f"{'cell (run key)':<44}{'steps':>8}{'tokens':>10}{'PFLOPs':>12}{'GPU-h':>10}")
-    from suite.train import resolve_budget
-
     for cell in cells:
         c = costs[cell.key]
-        steps = resolve_budget(cell).train.max_steps
+        steps = cost.resolve_budget(cell).train.max_steps
         lines.append(f"{cell.key:<44}{steps:>8}{_si(c.tokens):>10}{c.flops / 1e15:>12.4g}"
                      f"{c.gpu_hours:>10.4g}")
     tokens = sum(c.tokens for c in costs.values())

@@ -2,11 +2,12 @@
 
 One MLflow experiment per sweep, one MLflow run per run key, ever: the run is created when its
 cell is first submitted (status `queued`) and every later attempt (resubmission, requeue after
-preemption) reopens it by run id. Tags: sweep, run_key, placement, size, lr, seed, variant,
-git_commit, git_dirty, host, executor, job_id (the SLURM job id under SLURM), checkpoint, status,
-step; params: the resolved run config, flattened (`train.max_steps`, ...); metrics: whatever the
-trainer logs, with steps, written in batches by a background thread (MlflowMetrics); artifacts: the
-resolved config (config.yaml) and, after a failure, the traceback (error.txt).
+preemption) reopens it by run id (`open_run`). Tags: sweep, run_key, placement, size, lr, seed,
+variant, git_commit, git_dirty, sweep_file, host, executor, job_id (the SLURM job id under SLURM),
+checkpoint, status, step, and a search trial's study, trial, search_method; params: the resolved
+run config, flattened (`train.max_steps`, ...); metrics: whatever the trainer logs, with steps,
+written in batches by a background thread (MlflowMetrics); artifacts: the resolved config
+(config.yaml) and, after a failure, the traceback (error.txt).
 
 The embedded default store is sqlite under the results directory (`<out_dir>/mlflow.db`,
 artifacts in `<out_dir>/mlartifacts/`). Several processes creating a brand-new sqlite store at
@@ -19,18 +20,16 @@ waiting for a resubmission), finished, failed (tag `error`), diverged (train() s
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
@@ -39,6 +38,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from models import ConfigError
+from suite.files import file_lock
+
+if TYPE_CHECKING:
+    from suite.config import RunConfig
 
 STATUSES = ("queued", "running", "interrupted", "finished", "failed", "diverged")
 DONE = ("finished", "diverged")  # a resubmission skips these keys
@@ -73,24 +76,13 @@ def artifact_root(uri: str, out_dir: str | Path) -> str | None:
     return (Path(out_dir).resolve() / "mlartifacts").as_uri() if _sqlite_path(uri) else None
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def prepare_store(uri: str) -> None:
     """Create or upgrade a sqlite store once, before any parallel writer (STACK_NOTES: concurrent
     first use corrupts it). Other stores (a server, a database) need nothing here."""
     db = _sqlite_path(uri)
     if db is None:
         return
-    with _file_lock(db.with_name(db.name + ".lock")):
+    with file_lock(db.with_name(db.name + ".lock")):
         try:
             MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         except MlflowException as err:
@@ -244,6 +236,36 @@ def param_conflicts(record: RunRecord, params: Mapping[str, str]) -> list[str]:
     """Settings that differ between an existing run and the cell now submitted under its key."""
     return [f"{k}: recorded {record.params[k]!r}, now {v!r}" for k, v in params.items()
             if k in record.params and record.params[k] != v]
+
+
+# tags an attempt refreshes on a record that exists already; the others name the run for life
+ATTEMPT_TAGS = ("executor", "git_commit", "git_dirty", "study", "trial", "search_method")
+
+
+def run_tags(cell: RunConfig, sweep_file: str | Path, executor: str, git: tuple[str, bool | None],
+             **extra: Any) -> dict[str, Any]:
+    """The tags of a sweep cell's record (`extra`: the search's study, trial, search_method)."""
+    commit, dirty = git
+    return dict(sweep=cell.sweep, placement=cell.placement, size=cell.size, lr=cell.lr, seed=cell.seed,
+                variant=cell.variant or None, git_commit=commit, git_dirty=dirty, executor=executor,
+                sweep_file=str(sweep_file), **extra)
+
+
+def open_run(store: Store, experiment_id: str, key: str, record: RunRecord | None,
+             params: Mapping[str, str], tags: Mapping[str, Any], status: str | None = None) -> str:
+    """The run id of `key`'s record, the one way a submission or a search trial opens it: created
+    (status queued) with `params` and `tags` when there is none; else reopened with this attempt's
+    tags (ATTEMPT_TAGS) refreshed and, given `status`, that status set. Tags that are None are
+    not recorded."""
+    if record is None:
+        return store.create_run(experiment_id, key, params,
+                                {k: str(v) for k, v in tags.items() if v is not None})
+    attempt = {k: v for k, v in tags.items() if k in ATTEMPT_TAGS}
+    if status is None:
+        store.set_tags(record.run_id, **attempt)
+    else:
+        store.set_status(record.run_id, status, **attempt)
+    return record.run_id
 
 
 def export_runs(sweep: str, uri: str) -> list[dict[str, Any]]:

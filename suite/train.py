@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -19,8 +17,10 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from models import build_model
 from suite import fastpath
 from suite.config import RunConfig, run_config_from_dict
+from suite.cost import resolve_budget, tokens_per_step
 from suite.data import TokenData
 from suite.diagnostics import Diagnostics
+from suite.files import atomic_write_text
 
 # NOTE: StepSampler resumes mid-epoch from the restored global step (suite/data.py), which
 # Lightning cannot see; its warning about non-resumable dataloaders does not apply here.
@@ -146,27 +146,6 @@ def trainer_kwargs(cfg: RunConfig) -> dict[str, Any]:
     )
 
 
-def tokens_per_step(cfg: RunConfig) -> int:
-    t = cfg.train
-    return t.seq_len * t.batch_size * t.accumulate * t.devices * t.num_nodes
-
-
-def resolve_budget(cfg: RunConfig) -> RunConfig:
-    """A token budget (train.tokens) fixes max_steps."""
-    import dataclasses
-
-    if cfg.train.tokens is None:
-        return cfg
-    steps = max(1, cfg.train.tokens // tokens_per_step(cfg))
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=steps))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def finished_result(cfg: RunConfig) -> dict[str, Any] | None:
     """The run's result.json when it has ended (finished all its steps, or diverged), else None."""
     try:
@@ -195,7 +174,7 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # the module's own copy of the run carries the device's vocabulary padding (128 on a GPU), so
@@ -228,5 +207,5 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
     if diag is not None:  # status "diverged" with diverged_step, spike and overflow counts
         result.update(diag.result_fields())
     if trainer.global_rank == 0:
-        write_atomic(run_dir / "result.json", json.dumps(result, indent=1))
+        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=1))
     return result

@@ -1,5 +1,6 @@
-"""`periln bench`: the FLOP and MFU sums against numbers worked out by hand, the largest-batch
-search, and the verb itself on a tiny model on CPU (a real Trainer fit with real MLflow logging)."""
+"""`periln bench`: the FLOP and MFU sums (suite.cost) against numbers worked out by hand, the
+largest-batch search, and the verb itself on a tiny model on CPU (a real Trainer fit with real
+MLflow logging)."""
 
 import argparse
 import json
@@ -8,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from suite import bench
+from suite import bench, cost
 from suite.cli import main
 from suite.config import load_run_config
 from suite.data import PackedWindows
@@ -26,12 +27,12 @@ HAND = {"pre_ln": (201_280, 1_519_488), "peri_ln": (201_856, 1_522_944)}
 @pytest.mark.parametrize("placement", sorted(HAND))
 def test_flops_per_token_and_mfu_by_hand(placement):
     cfg = load_run_config(None, [f"placement={placement}", "size=tiny", "train.seq_len=64"])
-    mc, non_emb = bench.non_embedding_params(cfg, 300)
+    mc, non_emb = cost.non_embedding_params(cfg, 300)
     assert non_emb == HAND[placement][0]
-    assert bench.flops_per_token(mc, 64, non_emb) == HAND[placement][1]
+    assert cost.flops_per_token(mc, 64, non_emb) == HAND[placement][1]
     # 10,000 tokens/s against a 1e12 FLOP/s peak: 1,519,488 x 1e4 / 1e12
-    assert bench.mfu(1_519_488, 1e4, 1e12) == pytest.approx(0.01519488, rel=1e-12)
-    assert bench.mfu(1_519_488, 1e4, None) is None
+    assert cost.mfu(1_519_488, 1e4, 1e12) == pytest.approx(0.01519488, rel=1e-12)
+    assert cost.mfu(1_519_488, 1e4, None) is None
 
 
 def test_the_reference_models_mfu():
@@ -49,16 +50,8 @@ def test_the_reference_models_mfu():
     with torch.device("meta"):
         non_emb = build_model(mc).num_params(non_embedding=True)
     assert non_emb == 308_331_520
-    assert bench.flops_per_token(mc, 2048, non_emb) == 3_070_531_584
-    assert bench.mfu(3_070_531_584, 140e3, 989e12) == pytest.approx(0.4347, abs=1e-4)
-
-
-def test_device_peaks():
-    assert bench.device_peak("NVIDIA H100 80GB HBM3", "bf16-mixed")[0] == 989e12
-    assert bench.device_peak("NVIDIA H200", "bf16-mixed")[0] == 989e12
-    peak, text = bench.device_peak("x86_64", "32-true")
-    assert peak is None and text.startswith("n/a (no known peak")
-    assert bench.device_peak("NVIDIA H100 80GB HBM3", "32-true")[0] is None  # fp32/TF32: not 989e12
+    assert cost.flops_per_token(mc, 2048, non_emb) == 3_070_531_584
+    assert cost.mfu(3_070_531_584, 140e3, 989e12) == pytest.approx(0.4347, abs=1e-4)
 
 
 def test_random_tokens_are_read_by_the_real_loader(tmp_path):

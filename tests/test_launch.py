@@ -4,6 +4,9 @@ array in --dry-run."""
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 
 import lightning as L
@@ -14,7 +17,7 @@ from models import ConfigError
 from suite import tracking
 from suite.cli import main
 from suite.config import load_run_config
-from suite.launch import Interrupted, SaveOnSignal, load_profile, resources, submit
+from suite.launch import Interrupted, SaveOnSignal, alive_here, load_profile, resources, submit
 from suite.sweep import load_sweep
 from suite.train import train
 
@@ -197,6 +200,28 @@ def test_multi_process_cells_need_slurm(tmp_path):
     sweep = load_sweep(path, ["train.devices=2"])
     with pytest.raises(ConfigError, match="train.devices x train.num_nodes = 2 processes need --executor"):
         submit(sweep, "local")
+
+
+def test_an_unknown_executor_is_named_with_the_closest_one(tmp_path):
+    sweep = load_sweep(tiny_sweep(tmp_path, {"seed": [0]}))
+    with pytest.raises(ConfigError, match=r"^--executor 'locl': unknown; did you mean 'local'\? use one of "
+                                          r"local, debug, slurm$"):
+        submit(sweep, "locl")
+    assert not (tmp_path / "runs").exists()  # nothing recorded
+
+
+def test_a_local_job_is_alive_while_its_process_runs():
+    host = socket.gethostname()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert alive_here(host, proc.pid) and alive_here(host, str(proc.pid))
+        assert not alive_here("another-host", proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not alive_here(host, proc.pid)  # ended
+    assert not alive_here(host, os.getpid())  # this process: left from an earlier attempt of it
+    assert not any(alive_here(host, pid) for pid in ("", None, "0", "123_4", "dry-run"))
 
 
 def test_paper_grid_dry_run_is_one_job_array(tmp_path, monkeypatch, capsys):

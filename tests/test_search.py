@@ -274,6 +274,18 @@ def test_best_lr_handoff_builds_the_seed_cells(tmp_path, capsys):
         search.seed_cells(other, sweep, [0])
 
 
+def test_search_checks_what_submit_checks_before_writing_anything(tmp_path):
+    sweep = tiny_sweep(tmp_path)
+    with pytest.raises(ConfigError, match=r"^--executor 'slrum': unknown; did you mean 'slurm'\?"):
+        search.search(sweep, "slrum")
+    two = tiny_sweep(tmp_path, overrides=[{"set": {"train.devices": 2}}])
+    for run in (lambda: search.search(two, "local"), lambda: launch.submit(two, "local")):
+        with pytest.raises(ConfigError, match=r"srch.yaml: pre_ln-tiny-lr0.001-s0: train.devices x "
+                                              r"train.num_nodes = 2 processes need --executor slurm"):
+            run()
+    assert not (tmp_path / "runs").exists()  # no storage, no MLflow store
+
+
 def test_search_section_is_validated_with_one_line_per_problem(tmp_path):
     with pytest.raises(ConfigError) as err:
         tiny_sweep(tmp_path, {"method": "tpe", "wokers": 2, "pruning": "yes"})

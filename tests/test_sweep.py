@@ -8,7 +8,8 @@ import textwrap
 import pytest
 
 from models import ConfigError
-from suite.sweep import estimate, load_sweep
+from suite.cost import estimate
+from suite.sweep import load_sweep
 
 SMOKE, PAPER = "sweeps/smoke.yaml", "sweeps/paper.yaml"
 

@@ -84,6 +84,35 @@ def test_run_record_params_tags_and_status(store):
         store.set_status(run_id, "done")
 
 
+def test_open_run_creates_once_then_refreshes_only_the_attempts_tags(store):
+    from suite.config import load_run_config
+
+    cell = load_run_config(None, ["placement=peri_ln", "size=tiny", "lr=0.002", "seed=3", "sweep=open"])
+    exp = store.experiment_id("open-run", None)
+    first = tracking.run_tags(cell, "/sweeps/a.yaml", "local", ("abc123", None))
+    run_id = tracking.open_run(store, exp, cell.key, None, {"lr": "0.002"}, first)
+    rec = store.runs(exp)[cell.key]
+    assert (rec.run_id, rec.status, rec.params) == (run_id, "queued", {"lr": "0.002"})
+    named = ("sweep", "run_key", "placement", "size", "lr", "seed", "git_commit", "executor", "sweep_file")
+    assert {k: rec.tags[k] for k in named} == dict(
+        sweep="open", run_key="peri_ln-tiny-lr0.002-s3", placement="peri_ln", size="tiny", lr="0.002",
+        seed="3", git_commit="abc123", executor="local", sweep_file="/sweeps/a.yaml")
+    assert "variant" not in rec.tags and "git_dirty" not in rec.tags  # None: not recorded
+    store.set_status(run_id, "interrupted")
+
+    # a search trial reopens it: the attempt's tags change, the run's identity does not
+    again = tracking.run_tags(cell, "/sweeps/b.yaml", "slurm", ("def456", True), study="open/peri_ln-tiny",
+                              trial=4, search_method="grid")
+    assert tracking.open_run(store, exp, cell.key, rec, {"lr": "0.002"}, again, status="queued") == run_id
+    rec = store.runs(exp)[cell.key]
+    assert len(store.runs(exp)) == 1 and rec.status == "queued"
+    assert {k: rec.tags[k] for k in ("executor", "git_commit", "git_dirty", "study", "trial",
+                                     "search_method", "sweep_file")} == dict(
+        executor="slurm", git_commit="def456", git_dirty="True", study="open/peri_ln-tiny", trial="4",
+        search_method="grid", sweep_file="/sweeps/a.yaml")
+    assert store.client.get_run(run_id).info.status == "SCHEDULED"
+
+
 def test_metrics_batched_in_the_background_lose_nothing(store):
     exp = store.experiment_id("sweep-b", None)
     run_id = store.create_run(exp, "k", {}, {})
