@@ -12,11 +12,11 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
 from models import build_model
+from models.loss import linear_cross_entropy
 from suite import fastpath
 from suite.config import RunConfig, run_config_from_dict
 from suite.data import TokenData
@@ -72,8 +72,10 @@ class LitLM(L.LightningModule):
         return self.model(tokens)
 
     def _loss_eager(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self.model(inputs)  # (B, T, V)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        # the LM head and the loss in chunks: no (B T, V) fp32 logits are held (models/loss.py)
+        h = self.model.features(inputs)  # (B, T, d)
+        return linear_cross_entropy(h.flatten(0, 1), self.model.lm_head.weight, targets.flatten(),
+                                    self.model.cfg.vocab_size)
 
     def _loss(self, batch: torch.Tensor) -> torch.Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
