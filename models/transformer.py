@@ -31,6 +31,16 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, return_hidden: bool = False):
         """tokens (B, T) int64 -> logits (B, T, vocab_size) [, hidden: n_layers + 1 x (B, T, d)]."""
+        out = self.features(tokens, return_hidden)
+        x, hidden = out if return_hidden else (out, None)
+        logits = self.lm_head(x)  # (B, T, padded_vocab)
+        if self.cfg.padded_vocab != self.cfg.vocab_size:
+            logits = logits[..., : self.cfg.vocab_size]  # padding rows are never real tokens
+        return (logits, hidden) if return_hidden else logits
+
+    def features(self, tokens: torch.Tensor, return_hidden: bool = False):
+        """tokens (B, T) -> the final normalized hidden state (B, T, d) that the LM head reads
+        [, hidden as in forward]; the training loss takes it to models.loss.linear_cross_entropy."""
         x = self.embed(tokens)  # (B, T, d)
         if self.embed_scale != 1.0:
             x = x * self.embed_scale
@@ -41,10 +51,8 @@ class Transformer(nn.Module):
             x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
             if hidden is not None:
                 hidden.append(x)
-        logits = self.lm_head(self.final_norm(x))  # (B, T, padded_vocab)
-        if self.cfg.padded_vocab != self.cfg.vocab_size:
-            logits = logits[..., : self.cfg.vocab_size]  # padding rows are never real tokens
-        return (logits, hidden) if return_hidden else logits
+        x = self.final_norm(x)
+        return (x, hidden) if return_hidden else x
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters; non_embedding excludes the token embedding and the LM head."""

@@ -61,10 +61,10 @@ from collections import deque
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from models.loss import linear_cross_entropy
 from suite.config import DiagnosticsConfig
 
 FP16_MAX = 65504.0  # largest finite float16
@@ -102,8 +102,9 @@ def probe(model: nn.Module, tokens: torch.Tensor, autocast: Any = None) -> dict[
     params = [[p for p in b.parameters() if p.requires_grad] for b in blocks]
     flat = [p for ps in params for p in ps]
     with torch.enable_grad(), (autocast or contextlib.nullcontext()):
-        logits, hidden = model(tokens[:, :-1], return_hidden=True)  # (B, T, V), L + 1 x (B, T, d)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten())
+        h, hidden = model.features(tokens[:, :-1], return_hidden=True)  # (B, T, d), L + 1 x (B, T, d)
+        loss = linear_cross_entropy(h.flatten(0, 1), model.lm_head.weight, tokens[:, 1:].flatten(),
+                                    model.cfg.vocab_size)
     grads = torch.autograd.grad(loss, flat, allow_unused=True)
     stats = _stream_stats(hidden)
     norms, i = [], 0

@@ -10,11 +10,11 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
 from models import build_model
+from models.loss import linear_cross_entropy
 from suite import fastpath
 from suite.config import RunConfig, run_config_from_dict
 from suite.cost import resolve_budget, tokens_per_step
@@ -72,8 +72,10 @@ class LitLM(L.LightningModule):
         return self.model(tokens)
 
     def _loss_eager(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        logits = self.model(inputs)  # (B, T, V)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        # the LM head and the loss in chunks: no (B T, V) fp32 logits are held (models/loss.py)
+        h = self.model.features(inputs)  # (B, T, d)
+        return linear_cross_entropy(h.flatten(0, 1), self.model.lm_head.weight, targets.flatten(),
+                                    self.model.cfg.vocab_size)
 
     def _loss(self, batch: torch.Tensor) -> torch.Tensor:
         inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
@@ -181,8 +183,10 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
     # a checkpoint rebuilds the same shapes anywhere; config.yaml keeps the run as given
     lit = LitLM(fastpath.module_run(cfg), data.tokenizer.vocab_size)
     last = ckpt_dir / "last.ckpt"
+    # save_last="link": last.ckpt is a symbolic link to the newest step<N>.ckpt, so each checkpoint
+    # is written once (save_last=True wrote a second full copy every time)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", auto_insert_metric_name=False,
-                                 every_n_train_steps=cfg.train.ckpt_every, save_top_k=1, save_last=True)
+                                 every_n_train_steps=cfg.train.ckpt_every, save_top_k=1, save_last="link")
     if logger is None:
         logger = L.pytorch.loggers.CSVLogger(run_dir, name="logs")
     # every run gets the diagnostics (spikes, overflow, divergence) unless switched off
@@ -198,7 +202,13 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
         plugins=list(plugins) or None, **trainer_kwargs(cfg))
     start = time.perf_counter()
     trainer.fit(lit, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
-    trainer.save_checkpoint(last)  # the final state, whatever the checkpoint interval
+    # the final state, whatever the checkpoint interval, unless the periodic checkpoint that last.ckpt
+    # links to is already this step's (decided from the callback's state, the same on every rank)
+    this_step = (ckpt_dir / f"step{trainer.global_step}.ckpt").resolve()  # `filename`'s name for it
+    if Path(checkpoint.best_model_path or "").resolve() != this_step:
+        if trainer.is_global_zero and last.is_symlink():
+            last.unlink()  # a file replaces the link: saving through it would overwrite step<N>.ckpt
+        trainer.save_checkpoint(last)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     result = dict(key=cfg.key, status="finished", step=trainer.global_step,
                   train_loss=metrics.get("train/loss"), val_loss=metrics.get("val/loss"),
