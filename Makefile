@@ -20,5 +20,5 @@ lint: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0 -e '.[dev]'
+	$(BIN)/pip install -q torch==2.13.0 -e '.[dev,hf]'
 	touch $@
