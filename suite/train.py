@@ -6,6 +6,7 @@ import json
 import math
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning as L

@@ -397,8 +397,8 @@ def test_import_refuses_folders_without_safetensors(tmp_path):
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    from evals.synthetic_tasks import write_synthetic_benchmarks
     from evals.tasks import PAPER_TASKS
+    from suite.synthetic_tasks import write_synthetic_benchmarks
 
     folder = tmp_path_factory.mktemp("bench")
     write_synthetic_benchmarks(folder, n=20, tasks=PAPER_TASKS)
