@@ -171,9 +171,17 @@ class RunConfig:
 
     @property
     def identity(self) -> dict[str, str]:
-        """The identity fields recorded as MLflow tags and runs.csv columns."""
-        return {"run_key": self.key, "arm": self.arm, "group": self.group, "placement": self.placement,
-                "size": self.size, "lr": fmt_value(self.lr), "seed": str(self.seed), "variant": self.variant}
+        """What tables and search group by, recorded as MLflow tags and runs.csv columns: the key's
+        parts, and the resolved architecture a reader must not have to re-derive (depth, width, and
+        whether the embedding output is normalized: the size's or placement's default when unset)."""
+        arch = {**SIZES[self.size], **dict(self.model.items())}
+        embed = self.model.embed_norm
+        if embed is None:
+            embed = bool(get_placement(self.placement, **self.placement_args).embed_norm)
+        return {"run_key": self.key, "sweep": self.sweep, "arm": self.arm, "group": self.group,
+                "placement": self.placement, "size": self.size, "lr": fmt_value(self.lr),
+                "seed": str(self.seed), "variant": self.variant, "n_layers": str(arch["n_layers"]),
+                "d_model": str(arch["d_model"]), "embed_norm": str(embed)}
 
     @property
     def run_dir(self) -> Path:
