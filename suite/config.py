@@ -21,6 +21,7 @@ import yaml
 
 from models import SIZES, ConfigError, ModelConfig
 from models.placements import get_placement
+from models.placements.base import coerce as scalar
 
 # "auto": bf16-mixed on a CUDA GPU that supports bf16, else "32" (suite.train.resolve_precision)
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
@@ -251,25 +252,33 @@ def coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             problems.append(f"{where}: expected true or false; got {value!r}")
         return value
     if tp in (int, float):
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                value = float(value.strip())
-            except ValueError:
-                problems.append(f"{where}: expected a number; got {value!r}")
-                return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            problems.append(f"{where}: expected {tp.__name__}; got {value!r}")
+        try:  # the one rule for YAML numbers (1e-3 arrives as text), shared with placement arguments
+            number = scalar(value, tp)
+        except ValueError:
+            if isinstance(value, str):
+                want = "an integer" if _is_number(value) else "a number"
+            elif tp is int and isinstance(value, (int, float)) and not isinstance(value, bool):
+                want = "an integer"
+            else:
+                want = tp.__name__
+            problems.append(f"{where}: expected {want}; got {value!r}")
             return value
-        if tp is int:
-            if value != int(value):
-                problems.append(f"{where}: expected an integer; got {value!r}")
-            return int(value)
-        return float(value)
+        if not math.isfinite(number):
+            problems.append(f"{where}: expected a finite {tp.__name__}; got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             problems.append(f"{where}: expected a string; got {value!r}")
         return str(value)
     return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def build(cls: type, data: Mapping[str, Any], where: str, problems: list[str]) -> Any:
@@ -342,10 +351,12 @@ def check_value(dotted: str, value: Any, at: str, problems: list[str]) -> Any:
     return coerce(value, tp, at, problems)
 
 
-def _check_run(cfg: RunConfig, where: str, problems: list[str]) -> None:
-    """Cross-field checks of a built RunConfig."""
+def _check_run(cfg: RunConfig, where: str, problems: list[str]) -> RunConfig:
+    """Cross-field checks of a built RunConfig; returns it with the placement's arguments coerced to
+    their declared types (so the run key writes 0.1, never the YAML text '1e-1')."""
     try:
-        get_placement(cfg.placement, **cfg.placement_args)
+        args = get_placement(cfg.placement).parse_args(cfg.placement_args)
+        cfg = dataclasses.replace(cfg, placement_args={k: getattr(args, k) for k in cfg.placement_args})
     except ConfigError as err:
         problems.append(f"{where} placement: {err}")
     if cfg.size not in SIZES:
@@ -363,6 +374,7 @@ def _check_run(cfg: RunConfig, where: str, problems: list[str]) -> None:
             problems.append(f"{where} train.{name}: must be >= 1; got {getattr(t, name)}")
     if not cfg.lr > 0:
         problems.append(f"{where} lr: must be > 0; got {cfg.lr}")
+    return cfg
 
 
 def run_config_from_dict(data: Mapping[str, Any], where: str) -> RunConfig:
@@ -372,7 +384,7 @@ def run_config_from_dict(data: Mapping[str, Any], where: str) -> RunConfig:
         raise ConfigError(f"{where}: expected a mapping of run settings; got {type(data).__name__}")
     cfg = build(RunConfig, data, f"{where}:", problems)
     if not problems:
-        _check_run(cfg, where + ":", problems)
+        cfg = _check_run(cfg, where + ":", problems)
     if problems:
         raise ConfigError("\n".join(problems))
     return cfg
