@@ -1,0 +1,37 @@
+"""Runs that fail to learn (suite/outcome.py) and the unigram cross-entropy they are judged by
+(suite/data.py), against numbers worked out by hand."""
+
+import json
+import math
+
+import pytest
+
+from suite import outcome
+from suite.config import DataConfig
+from suite.data import build_token_cache, unigram_ce
+from suite.tokenizer import load_tokenizer
+
+
+def test_unigram_cross_entropy_of_a_known_text(tmp_path):
+    # document 0 ("zz") is held out; the training tokens of "aab" and "ba" are a a b <eot> b a <eot>:
+    # p(a) = 3/7, p(b) = 2/7, p(eot) = 2/7; H = -(3/7 ln 3/7 + 2 x 2/7 ln 2/7)
+    (tmp_path / "docs.jsonl").write_text('{"text": "zz"}\n{"text": "aab"}\n{"text": "ba"}\n')
+    cfg = DataConfig(source=str(tmp_path / "docs.jsonl"), eval_fraction=0.0001, cache_dir=str(tmp_path / "c"))
+    cache = build_token_cache(cfg.source, "train", cfg, load_tokenizer("byte"))
+    by_hand = -(3 / 7 * math.log(3 / 7) + 2 * (2 / 7) * math.log(2 / 7))
+    assert json.loads((cache / "meta.json").read_text())["unigram_ce"] == pytest.approx(by_hand, rel=1e-12)
+    # a cache built before the field existed: computed from its shards and recorded
+    meta = json.loads((cache / "meta.json").read_text())
+    del meta["unigram_ce"]
+    (cache / "meta.json").write_text(json.dumps(meta))
+    assert unigram_ce(cache) == pytest.approx(by_hand, rel=1e-12)
+    assert "unigram_ce" in json.loads((cache / "meta.json").read_text())
+
+
+def test_failed_to_learn_rule():
+    # a run at the unigram loss did not learn; 5% below it is the edge (ours); far below learned
+    assert outcome.failed_to_learn(7.46, 7.40)
+    assert outcome.failed_to_learn(0.95 * 7.4, 7.4)
+    assert not outcome.failed_to_learn(0.94 * 7.4, 7.4)
+    assert not outcome.failed_to_learn(3.3, 7.4)
+    assert not outcome.failed_to_learn(None, 7.4) and not outcome.failed_to_learn(5.0, None)
