@@ -22,6 +22,7 @@ import yaml
 from models import SIZES, ConfigError, ModelConfig
 from models.placements import get_placement
 from models.placements.base import coerce as scalar
+from suite.files import suggest
 
 # "auto": bf16-mixed on a CUDA GPU that supports bf16, else "32" (suite.train.resolve_precision)
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]

@@ -29,7 +29,7 @@ from models import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "sweeps" / "smoke.yaml"
-DONE_STATES = ("finished", "diverged", "failed")
+DONE_STATES = ("finished", "failed_to_learn", "diverged", "failed")
 
 
 def _clock(seconds: float) -> str:

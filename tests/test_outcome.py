@@ -35,3 +35,21 @@ def test_failed_to_learn_rule():
     assert not outcome.failed_to_learn(0.94 * 7.4, 7.4)
     assert not outcome.failed_to_learn(3.3, 7.4)
     assert not outcome.failed_to_learn(None, 7.4) and not outcome.failed_to_learn(5.0, None)
+
+
+def test_a_run_that_cannot_learn_ends_as_failed_to_learn(tmp_path, one_thread):
+    # LR 1e-9: the model stays at its initial uniform guess, ln(257) = 5.55 nats, above the byte
+    # corpus' unigram cross-entropy (~3.0): the run is failed_to_learn, not finished
+    from suite.config import load_run_config
+    from suite.train import train
+
+    over = [f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'runs'}", "train.progress_bar=false",
+            "train.seq_len=32", "train.batch_size=4", "data.synthetic_docs=300", "train.max_steps=4",
+            "train.val_every=4", "train.val_batches=1", "lr=1e-9", "diagnostics.every=4"]
+    result = train(load_run_config(None, over))
+    assert result["status"] == "failed_to_learn"
+    assert result["val_loss"] == pytest.approx(math.log(257), abs=0.2)
+    assert 2.5 < result["unigram_ce"] < 3.5
+    learned = train(load_run_config(None, [o for o in over if not o.startswith("lr=")]
+                                    + ["lr=3e-3", "train.max_steps=60", "train.val_every=60"]))
+    assert learned["status"] == "finished" and learned["val_loss"] < 0.95 * learned["unigram_ce"]
