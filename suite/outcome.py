@@ -23,14 +23,17 @@ USED = (FINISHED, FAILED_TO_LEARN)  # statuses whose numbers enter means
 # frequencies sits at 100%; one that uses the context at all gets well below (GPT-2 small reaches
 # ~45% of the unigram CE of its tokens on web text).
 FAILED_MARGIN = 0.05
+# ours: a run shorter than this is too short to judge (a 20-step smoke test is still near its start)
+FAILED_MIN_STEPS = 100
 
 
-def failed_to_learn(val_loss: float | None, unigram_ce: float | None) -> bool:
-    """Whether a final validation loss is within FAILED_MARGIN of the unigram cross-entropy."""
-    if val_loss is None or unigram_ce is None or not unigram_ce > 0:
+def failed_to_learn(val_loss: float | None, unigram_ce: float | None, steps: int) -> bool:
+    """Whether a run of `steps` steps ended with a validation loss within FAILED_MARGIN of the
+    unigram cross-entropy of its training tokens."""
+    if val_loss is None or unigram_ce is None or not unigram_ce > 0 or steps < FAILED_MIN_STEPS:
         return False
     return val_loss >= (1.0 - FAILED_MARGIN) * unigram_ce
 
 
-RULE = (f"failed to learn = final validation loss >= {1 - FAILED_MARGIN:.0%} of the unigram "
-        "cross-entropy of the training tokens (ours)")
+RULE = (f"failed to learn = after >= {FAILED_MIN_STEPS} steps, a final validation loss >= "
+        f"{1 - FAILED_MARGIN:.0%} of the unigram cross-entropy of the training tokens (ours)")

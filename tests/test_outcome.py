@@ -30,11 +30,12 @@ def test_unigram_cross_entropy_of_a_known_text(tmp_path):
 
 def test_failed_to_learn_rule():
     # a run at the unigram loss did not learn; 5% below it is the edge (ours); far below learned
-    assert outcome.failed_to_learn(7.46, 7.40)
-    assert outcome.failed_to_learn(0.95 * 7.4, 7.4)
-    assert not outcome.failed_to_learn(0.94 * 7.4, 7.4)
-    assert not outcome.failed_to_learn(3.3, 7.4)
-    assert not outcome.failed_to_learn(None, 7.4) and not outcome.failed_to_learn(5.0, None)
+    assert outcome.failed_to_learn(7.46, 7.40, 1000)
+    assert outcome.failed_to_learn(0.95 * 7.4, 7.4, 1000)
+    assert not outcome.failed_to_learn(0.94 * 7.4, 7.4, 1000)
+    assert not outcome.failed_to_learn(3.3, 7.4, 1000)
+    assert not outcome.failed_to_learn(None, 7.4, 1000) and not outcome.failed_to_learn(5.0, None, 1000)
+    assert not outcome.failed_to_learn(7.46, 7.40, 99)  # too short to judge (ours: 100 steps)
 
 
 def test_a_run_that_cannot_learn_ends_as_failed_to_learn(tmp_path, one_thread):
@@ -44,12 +45,13 @@ def test_a_run_that_cannot_learn_ends_as_failed_to_learn(tmp_path, one_thread):
     from suite.train import train
 
     over = [f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'runs'}", "train.progress_bar=false",
-            "train.seq_len=32", "train.batch_size=4", "data.synthetic_docs=300", "train.max_steps=4",
-            "train.val_every=4", "train.val_batches=1", "lr=1e-9", "diagnostics.every=4"]
+            "train.seq_len=16", "train.batch_size=2", "data.synthetic_docs=300", "train.max_steps=100",
+            "train.val_every=100", "train.val_batches=1", "lr=1e-9", "diagnostics.every=100",
+            "train.ckpt_every=100"]
     result = train(load_run_config(None, over))
     assert result["status"] == "failed_to_learn"
     assert result["val_loss"] == pytest.approx(math.log(257), abs=0.2)
     assert 2.5 < result["unigram_ce"] < 3.5
     learned = train(load_run_config(None, [o for o in over if not o.startswith("lr=")]
-                                    + ["lr=3e-3", "train.max_steps=60", "train.val_every=60"]))
+                                    + ["lr=3e-3"]))
     assert learned["status"] == "finished" and learned["val_loss"] < 0.95 * learned["unigram_ce"]
