@@ -18,7 +18,8 @@ from typing import Any
 
 from evals.tasks import AVERAGE_METRIC, PAPER_TASKS, metric_key
 from models import SIZES
-from suite.records import DIVERGED, USED
+from suite.outcome import DIVERGED, FAILED_TO_LEARN, USED
+from suite.outcome import RULE as FAILED_RULE
 
 ARM_ORDER = ("post_ln", "pre_ln", "peri_ln")  # the paper's order; other arms follow, sorted
 DASH = "—"  # a value not measured, as the tables and the claims' numbers print it
@@ -27,9 +28,10 @@ LR_RULE = ("LR chosen per (placement, size): among the learning rates with no di
            "with the lowest mean final eval loss over its seeds (ties: the smaller LR); if every LR has "
            "a diverged seed, the one with the fewest, then the lowest mean eval loss. Final train loss "
            "stands in where no run of that placement and size recorded an eval loss.")
-DIVERGENCE_RULE = ("Diverged seeds are kept and shown as k/n diverged (n = finished + diverged seeds "
-                   "at that LR); they are excluded from mean ± std. Failed and unfinished runs are "
-                   "excluded and counted in the note below the table.")
+DIVERGENCE_RULE = ("Diverged seeds are kept and shown as k/n diverged (n = every seed that ran to its "
+                   "end or diverged at that LR); they are excluded from mean ± std. Seeds that failed to "
+                   f"learn ({FAILED_RULE}) are results: they enter mean ± std and are counted as k/n failed. "
+                   "Crashed and unfinished runs are excluded and counted in the note below the table.")
 STD_RULE = "mean ± std over seeds (sample std, n - 1; no std when n = 1)."
 
 
@@ -104,23 +106,30 @@ class Analysis:
     def lrs(self, arm: str | None = None, size: str | None = None) -> list[float]:
         return sorted({lr for a, s, lr in self.cells if arm in (None, a) and size in (None, s)})
 
-    def runs(self, arm: str, size: str, lr: float | None = None, status: str | None = USED) -> list[dict]:
+    def runs(self, arm: str, size: str, lr: float | None = None,
+             status: str | tuple[str, ...] | None = USED) -> list[dict]:
+        """The runs of (arm, size[, lr]) whose status is `status` (one, a tuple, or None: any)."""
+        wanted = (status,) if isinstance(status, str) else status
         out = []
         for (a, s, r), rows in sorted(self.cells.items()):
             if a == arm and s == size and (lr is None or r == lr):
-                out.extend(x for x in rows if status is None or x["status"] == status)
+                out.extend(x for x in rows if wanted is None or x["status"] in wanted)
         return out
 
     def counts(self, arm: str, size: str, lr: float | None = None) -> tuple[int, int]:
-        """(diverged, finished + diverged) seeds."""
-        fin = len(self.runs(arm, size, lr))
+        """(diverged, used + diverged) seeds."""
+        used = len(self.runs(arm, size, lr))
         div = len(self.runs(arm, size, lr, DIVERGED))
-        return div, fin + div
+        return div, used + div
+
+    def failed(self, arm: str, size: str, lr: float | None = None) -> int:
+        """Seeds that ran to the end but failed to learn."""
+        return len(self.runs(arm, size, lr, FAILED_TO_LEARN))
 
     def excluded(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for r in self.rows:
-            if r["status"] not in (USED, DIVERGED):
+            if r["status"] not in (*USED, DIVERGED):
                 out[r["status"] or "unknown"] = out.get(r["status"] or "unknown", 0) + 1
         return dict(sorted(out.items()))
 

@@ -8,7 +8,6 @@ to the declared float/int type, anything else is rejected.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -22,6 +21,8 @@ import yaml
 
 from models import SIZES, ConfigError, ModelConfig
 from models.placements import get_placement
+from models.placements.base import coerce as scalar
+from suite.files import suggest
 
 # "auto": bf16-mixed on a CUDA GPU that supports bf16, else "32" (suite.train.resolve_precision)
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
@@ -103,6 +104,29 @@ class DiagnosticsConfig:
             raise ValueError(f"diverge_loss must be > 0 (or null); got {self.diverge_loss}")
 
 
+def _model_overrides() -> type:
+    """ModelOverrides: every ModelConfig field a run may set, typed as ModelConfig declares it, None
+    = the size's value (or ModelConfig's default). Built from ModelConfig so the two never drift."""
+    hints = typing.get_type_hints(ModelConfig)
+    names = [f.name for f in fields(ModelConfig) if f.name not in RUN_DECIDES]
+
+    def items(self) -> list[tuple[str, Any]]:
+        """The fields this run sets, in declaration order."""
+        return [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
+
+    cls = dataclasses.make_dataclass(
+        "ModelOverrides", [(n, hints[n] | None, field(default=None)) for n in names], frozen=True,
+        namespace={"__doc__": _model_overrides.__doc__, "items": items})
+    cls.__module__ = __name__
+    return cls
+
+
+# fields of ModelConfig that the run decides (tokenizer, sequence length, placement): not overrides
+RUN_DECIDES = ("vocab_size", "max_seq_len", "placement", "placement_args")
+ModelOverrides = _model_overrides()
+MODEL_OVERRIDES = tuple(f.name for f in fields(ModelOverrides))
+
+
 @dataclass(frozen=True)
 class RunConfig:
     placement: str = "pre_ln"
@@ -111,7 +135,7 @@ class RunConfig:
     lr: float = 1e-3
     seed: int = 0
     # ModelConfig fields that override the size's (e.g. norm, qk_norm, n_kv_heads, init_scheme)
-    model: Mapping[str, Any] = field(default_factory=dict)
+    model: ModelOverrides = field(default_factory=ModelOverrides)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
@@ -123,14 +147,43 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "placement_args", MappingProxyType(dict(self.placement_args)))
-        object.__setattr__(self, "model", MappingProxyType(dict(self.model)))
+
+    # Run identity, composed here and only here; readers (tables, search, status) take these
+    # properties from the run's tags and CSV columns and never cut a key apart.
+    @property
+    def placement_label(self) -> str:
+        """<placement>[_<arg><value>...]: the placement with its arguments."""
+        return self.placement + "".join(f"_{k}{fmt_value(v)}" for k, v in sorted(self.placement_args.items()))
+
+    @property
+    def arm(self) -> str:
+        """What tables compare: the placement, its arguments and any variant (no size, LR, seed)."""
+        return self.placement_label + (f"-{self.variant}" if self.variant else "")
+
+    @property
+    def group(self) -> str:
+        """What a learning-rate search tunes over: the arm at one size (no LR, no seed)."""
+        return self.placement_label + f"-{self.size}" + (f"-{self.variant}" if self.variant else "")
 
     @property
     def key(self) -> str:
         """Run identity: <placement>[_<arg><value>...]-<size>-lr<lr>-s<seed>[-<variant>]."""
-        args = "".join(f"_{k}{_fmt(v)}" for k, v in sorted(self.placement_args.items()))
         variant = f"-{self.variant}" if self.variant else ""
-        return f"{self.placement}{args}-{self.size}-lr{_fmt(self.lr)}-s{self.seed}{variant}"
+        return f"{self.placement_label}-{self.size}-lr{fmt_value(self.lr)}-s{self.seed}{variant}"
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """What tables and search group by, recorded as MLflow tags and runs.csv columns: the key's
+        parts, and the resolved architecture a reader must not have to re-derive (depth, width, and
+        whether the embedding output is normalized: the size's or placement's default when unset)."""
+        arch = {**SIZES[self.size], **dict(self.model.items())}
+        embed = self.model.embed_norm
+        if embed is None:
+            embed = bool(get_placement(self.placement, **self.placement_args).embed_norm)
+        return {"run_key": self.key, "sweep": self.sweep, "arm": self.arm, "group": self.group,
+                "placement": self.placement, "size": self.size, "lr": fmt_value(self.lr),
+                "seed": str(self.seed), "variant": self.variant, "n_layers": str(arch["n_layers"]),
+                "d_model": str(arch["d_model"]), "embed_norm": str(embed)}
 
     @property
     def run_dir(self) -> Path:
@@ -139,17 +192,20 @@ class RunConfig:
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, max_seq_len=self.train.seq_len,
                            placement=self.placement, placement_args=self.placement_args,
-                           **{**SIZES[self.size], **self.model})
+                           **{**SIZES[self.size], **dict(self.model.items())})
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
 
 
-def _fmt(v: Any) -> str:
+def fmt_value(v: Any) -> str:
+    """A value as run keys and labels write it (1e-3 -> '0.001')."""
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def _plain(obj: Any) -> Any:
+    if isinstance(obj, ModelOverrides):  # only what the run sets: config.yaml stays as written
+        return dict(obj.items())
     if dataclasses.is_dataclass(obj):
         return {f.name: _plain(getattr(obj, f.name)) for f in fields(obj)}
     if isinstance(obj, Mapping):
@@ -158,15 +214,21 @@ def _plain(obj: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------- parsing
+#
+# The one parse: `parse(cls, data, where)` (or `build` when the caller collects problems from several
+# sections, as a sweep file does) validates and coerces plain data into the frozen dataclass once,
+# at the edge. Every reader of a config gets the dataclass, never the mapping.
 
-def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+def coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    """`value` as type `tp` (a dataclass, Literal, Optional, bool, int, float, str or Mapping), or
+    a line appended to `problems`. YAML 1.1 reads 1e-3 as a string: numeric strings become numbers."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         opts = typing.get_args(tp)
         if value is None and type(None) in opts:
             return None
         inner = [t for t in opts if t is not type(None)]
-        return _coerce(value, inner[0], where, problems)
+        return coerce(value, inner[0], where, problems)
     if origin is Literal:
         allowed = typing.get_args(tp)
         # a bool stays a bool (Literal["auto", True, False]); numbers become their text ("32")
@@ -180,7 +242,7 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
         if not isinstance(value, Mapping):
             problems.append(f"{where}: expected a mapping of {tp.__name__} fields; got {value!r}")
             return tp()
-        return _build(tp, value, where, problems)
+        return build(tp, value, where, problems)
     if origin in (Mapping, dict) or tp in (Mapping, dict):
         if not isinstance(value, Mapping):
             problems.append(f"{where}: expected a mapping; got {value!r}")
@@ -191,20 +253,20 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
             problems.append(f"{where}: expected true or false; got {value!r}")
         return value
     if tp in (int, float):
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
-            try:
-                value = float(value.strip())
-            except ValueError:
-                problems.append(f"{where}: expected a number; got {value!r}")
-                return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            problems.append(f"{where}: expected {tp.__name__}; got {value!r}")
+        try:  # the one rule for YAML numbers (1e-3 arrives as text), shared with placement arguments
+            number = scalar(value, tp)
+        except ValueError:
+            if isinstance(value, str):
+                want = "an integer" if _is_number(value) else "a number"
+            elif tp is int and isinstance(value, (int, float)) and not isinstance(value, bool):
+                want = "an integer"
+            else:
+                want = tp.__name__
+            problems.append(f"{where}: expected {want}; got {value!r}")
             return value
-        if tp is int:
-            if value != int(value):
-                problems.append(f"{where}: expected an integer; got {value!r}")
-            return int(value)
-        return float(value)
+        if not math.isfinite(number):
+            problems.append(f"{where}: expected a finite {tp.__name__}; got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             problems.append(f"{where}: expected a string; got {value!r}")
@@ -212,18 +274,27 @@ def _coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     return value
 
 
-def _build(cls: type, data: Mapping[str, Any], where: str, problems: list[str]) -> Any:
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def build(cls: type, data: Mapping[str, Any], where: str, problems: list[str]) -> Any:
+    """`cls` (a frozen config dataclass) from a mapping; problems appended, one line each."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if not where.endswith(":") else f"{where} {key}"
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
-            problems.append(f"{path}: unknown key{hint}")
+            what = "unknown model field" if cls is ModelOverrides else "unknown key"
+            hint = suggest(str(key), names, n=1, lead="; ") or f"; known keys: {', '.join(names)}"
+            problems.append(f"{path}: {what}{hint}")
             continue
-        kwargs[key] = _coerce(value, hints[key], path, problems)
+        kwargs[key] = coerce(value, hints[key], path, problems)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
@@ -231,30 +302,67 @@ def _build(cls: type, data: Mapping[str, Any], where: str, problems: list[str]) 
         return cls()
 
 
-MODEL_OVERRIDES = tuple(f.name for f in fields(ModelConfig)
-                        if f.name not in ("vocab_size", "max_seq_len", "placement", "placement_args"))
+def parse(cls: type, data: Any, where: str) -> Any:
+    """`build` for one section: raises one ConfigError listing every problem."""
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of {cls.__name__} fields; got {type(data).__name__}")
+    out = build(cls, data, where, problems)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return out
+
+
+def field_type(dotted: str, at: str, problems: list[str]) -> Any:
+    """The declared type of a dotted RunConfig field (None after reporting a problem)."""
+    parts = dotted.split(".")
+    cls: Any = RunConfig
+    for i, part in enumerate(parts):
+        rest = parts[i + 1:]
+        names = [f.name for f in fields(cls)]
+        if part not in names:
+            prefix = ".".join(parts[:i])
+            what = ("model field" if cls is ModelOverrides
+                    else f"field of {prefix}" if prefix else "run field")
+            problems.append(f"{at}: unknown {what} {part!r}{suggest(part, names, lead='; ')}")
+            return None
+        tp = typing.get_type_hints(cls)[part]
+        if not rest:
+            return tp
+        if cls is RunConfig and part == "placement_args":
+            return Any if len(rest) == 1 else None  # checked by the placement's own declaration
+        if not dataclasses.is_dataclass(tp):
+            problems.append(f"{at}: {'.'.join(parts[:i + 1])} is a value, not a section")
+            return None
+        cls = tp
+    return None
+
+
+def check_value(dotted: str, value: Any, at: str, problems: list[str]) -> Any:
+    """`value` coerced to the type of the dotted RunConfig field (sizes checked against SIZES)."""
+    tp = field_type(dotted, at, problems)
+    if tp is None:
+        return value
+    if dotted == "size" and isinstance(value, str) and value not in SIZES:
+        problems.append(f"{at}: unknown size {value!r}{suggest(value, SIZES, lead='; ')}; "
+                        f"known: {', '.join(SIZES)}")
+        return value
+    if tp is Any:
+        return value
+    return coerce(value, tp, at, problems)
 
 
 def _check_run(cfg: RunConfig, where: str, problems: list[str]) -> RunConfig:
-    """Cross-field checks; returns cfg with its model overrides coerced to ModelConfig's types."""
+    """Cross-field checks of a built RunConfig; returns it with the placement's arguments coerced to
+    their declared types (so the run key writes 0.1, never the YAML text '1e-1')."""
     try:
-        get_placement(cfg.placement, **cfg.placement_args)
+        args = get_placement(cfg.placement).parse_args(cfg.placement_args)
+        cfg = dataclasses.replace(cfg, placement_args={k: getattr(args, k) for k in cfg.placement_args})
     except ConfigError as err:
         problems.append(f"{where} placement: {err}")
     if cfg.size not in SIZES:
-        close = difflib.get_close_matches(cfg.size, SIZES, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        problems.append(f"{where} size: unknown size {cfg.size!r}; {hint}known: {', '.join(SIZES)}")
-    hints = typing.get_type_hints(ModelConfig)
-    model = {}
-    for key, value in cfg.model.items():
-        if key not in MODEL_OVERRIDES:
-            close = difflib.get_close_matches(key, MODEL_OVERRIDES, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(MODEL_OVERRIDES)}"
-            problems.append(f"{where} model.{key}: unknown model field; {hint}")
-        else:
-            model[key] = _coerce(value, hints[key], f"{where} model.{key}", problems)
-    cfg = dataclasses.replace(cfg, model=model)
+        problems.append(f"{where} size: unknown size {cfg.size!r}{suggest(cfg.size, SIZES, lead='; ')}; "
+                        f"known: {', '.join(SIZES)}")
     if not problems:
         try:
             cfg.model_config(vocab_size=257)
@@ -275,7 +383,7 @@ def run_config_from_dict(data: Mapping[str, Any], where: str) -> RunConfig:
     problems: list[str] = []
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where}: expected a mapping of run settings; got {type(data).__name__}")
-    cfg = _build(RunConfig, data, f"{where}:", problems)
+    cfg = build(RunConfig, data, f"{where}:", problems)
     if not problems:
         cfg = _check_run(cfg, where + ":", problems)
     if problems:

@@ -133,6 +133,7 @@ def build_token_cache(spec: str, role: str, cfg: DataConfig, tok: Tokenizer) -> 
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
     try:
         shards, buf, total, n_docs = [], [], 0, 0
+        counts = np.zeros(tok.vocab_size, dtype=np.int64)  # token frequencies: the unigram CE
         bar = tqdm(desc=f"tokenize {role} {spec} ({tok.spec})", unit="tok", unit_scale=True,
                    total=limit, disable=None)
 
@@ -140,6 +141,7 @@ def build_token_cache(spec: str, role: str, cfg: DataConfig, tok: Tokenizer) -> 
             nonlocal buf
             if buf:
                 arr = np.concatenate(buf).astype(dtype)
+                counts[:] += np.bincount(arr, minlength=tok.vocab_size)[: tok.vocab_size]
                 name = f"shard_{len(shards):05d}.bin"
                 arr.tofile(tmp / name)
                 shards.append({"file": name, "tokens": int(arr.size)})
@@ -169,7 +171,8 @@ def build_token_cache(spec: str, role: str, cfg: DataConfig, tok: Tokenizer) -> 
             raise ConfigError(f"data source {spec!r} ({role}): no text found; check the files and "
                               "data.text_field")
         meta = dict(spec=spec, role=role, tokenizer=tok.spec, vocab_size=tok.vocab_size,
-                    dtype=np.dtype(dtype).name, tokens=total, documents=n_docs, shards=shards)
+                    dtype=np.dtype(dtype).name, tokens=total, documents=n_docs, shards=shards,
+                    unigram_ce=entropy(counts))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         try:
             os.rename(tmp, final)
@@ -179,6 +182,30 @@ def build_token_cache(spec: str, role: str, cfg: DataConfig, tok: Tokenizer) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def entropy(counts: np.ndarray) -> float:
+    """The cross-entropy (nats/token) of the tokens under their own unigram distribution: what a model
+    that ignores the context reaches at best (suite.outcome's failed-to-learn rule compares to it)."""
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def unigram_ce(cache: Path) -> float:
+    """The unigram cross-entropy of a token cache: recorded in meta.json when the cache was built;
+    computed from the shards (and recorded) for a cache built before it was."""
+    meta_path = cache / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    if "unigram_ce" not in meta:
+        counts = np.zeros(meta["vocab_size"], dtype=np.int64)
+        for shard in meta["shards"]:
+            ids = np.fromfile(cache / shard["file"], dtype=meta["dtype"])
+            counts += np.bincount(ids, minlength=meta["vocab_size"])[: meta["vocab_size"]]
+        meta["unigram_ce"] = entropy(counts)
+        tmp = meta_path.with_name(f".meta.json.{os.getpid()}")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, meta_path)
+    return float(meta["unigram_ce"])
 
 
 def _batched(it: Iterable[str], n: int) -> Iterator[list[str]]:
@@ -277,6 +304,11 @@ class TokenData(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         self.caches()
+
+    @property
+    def unigram_ce(self) -> float:
+        """The unigram cross-entropy of the training tokens (nats/token)."""
+        return unigram_ce(self.caches()[0])
 
     def setup(self, stage: str | None = None) -> None:
         train, held_out = self.caches()

@@ -3,7 +3,8 @@
 Configured by `RunConfig.diagnostics` (`DiagnosticsConfig` in suite/config.py). The definitions are
 OURS (the paper does not state its own; PAPER.md section 3):
 
-Every `every` (K) steps, after the optimizer step, a probe on a FIXED batch (the first
+At step 0 (before the first update: the model at initialization) and every `every` (K) steps,
+after the optimizer step, a probe on a FIXED batch (the first
 `probe_batch` sequences of the first training batch, kept in the callback's checkpointed state):
 one forward (in the run's precision) and one backward of the next-token loss, which touches
 neither the parameters' `.grad` nor any random state, so resumed runs stay bit-identical.
@@ -31,13 +32,18 @@ Every step (read on the host every `check_every` steps, logged with each probe a
                                       global norm exceeds `spike_ratio` (r) x the median of the
                                       previous `spike_window` steps' finite norms; none is counted
                                       before the window is full
-    diag/fp16_overflow                cumulative count of overflow events: a probe where some
-                                      finite stream value is above 65504 in magnitude (the FP16
-                                      maximum: measured in any precision, so a bf16 or fp32 run
-                                      shows whether FP16 would have overflowed); and, under
-                                      precision "16-mixed", a probe with a non-finite stream value
-                                      or a step whose gradient norm is non-finite (the gradient
-                                      scaler skips that step)
+    diag/sublayer_maxabs              max |F(x)| over every sub-layer's own output (attention and
+                                      MLP, before any output norm)
+    diag/fp16_overflow                cumulative count of probes whose FORWARD activations (stream
+                                      or sub-layer outputs) have a finite value above 65504 (the
+                                      FP16 maximum: measured in any precision, so a bf16 or fp32 run
+                                      shows whether FP16 would have overflowed), or, under
+                                      "16-mixed", a non-finite stream value
+    diag/fp16_first_step              the step of the first such probe (absent if none)
+    diag/peak_maxabs                  the largest forward activation over every probe of the run
+    diag/scaler_skips                 under "16-mixed": steps whose gradient norm is non-finite,
+                                      which the GradScaler skips by design (calibration, after each
+                                      scale growth); counted apart, never called an overflow
     diag/diverged                     0, or 1 once the run diverged
 
 Divergence: a non-finite loss, or a loss above `diverge_loss` (default 1.2 x ln(vocab): 20% worse
@@ -101,10 +107,22 @@ def probe(model: nn.Module, tokens: torch.Tensor, autocast: Any = None) -> dict[
     blocks = list(model.blocks)
     params = [[p for p in b.parameters() if p.requires_grad] for b in blocks]
     flat = [p for ps in params for p in ps]
-    with torch.enable_grad(), (autocast or contextlib.nullcontext()):
-        h, hidden = model.features(tokens[:, :-1], return_hidden=True)  # (B, T, d), L + 1 x (B, T, d)
-        loss = linear_cross_entropy(h.flatten(0, 1), model.lm_head.weight, tokens[:, 1:].flatten(),
-                                    model.cfg.vocab_size)
+    # the sub-layers' own outputs F(x) (before any output norm): an FP16 overflow can happen there
+    # even where the normalized stream stays small (every block has `attn` and `mlp`: models.block)
+    sub_max: list[torch.Tensor] = []
+
+    def grab(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        sub_max.append(output.detach().float().abs().amax())
+
+    hooks = [m.register_forward_hook(grab) for b in blocks for m in (b.attn, b.mlp)]
+    try:
+        with torch.enable_grad(), (autocast or contextlib.nullcontext()):
+            h, hidden = model.features(tokens[:, :-1], return_hidden=True)  # (B, T, d), L + 1 x (B, T, d)
+            loss = linear_cross_entropy(h.flatten(0, 1), model.lm_head.weight, tokens[:, 1:].flatten(),
+                                        model.cfg.vocab_size)
+    finally:
+        for hook in hooks:
+            hook.remove()
     grads = torch.autograd.grad(loss, flat, allow_unused=True)
     stats = _stream_stats(hidden)
     norms, i = [], 0
@@ -114,7 +132,8 @@ def probe(model: nn.Module, tokens: torch.Tensor, autocast: Any = None) -> dict[
         i += len(ps)
     gains = [norm_gain(m).detach().float().flatten() for m in output_norms(model)]
     gain = torch.cat(gains) if gains else None
-    extra = [loss.detach().float()] + ([gain.mean(), gain.max()] if gain is not None else [])
+    sub = torch.stack(sub_max).max() if sub_max else loss.new_zeros(())
+    extra = [loss.detach().float(), sub.float()] + ([gain.mean(), gain.max()] if gain is not None else [])
     values = torch.cat((stats.flatten(), torch.stack(norms).float(), torch.stack(extra))).tolist()
 
     out: dict[str, float] = {}
@@ -129,17 +148,26 @@ def probe(model: nn.Module, tokens: torch.Tensor, autocast: Any = None) -> dict[
     for l, g in enumerate(rest[: len(blocks)], start=1):
         out[f"diag/grad_norm/block_{l:02d}"] = g
     rest = rest[len(blocks):]
-    out["diag/probe_loss"] = rest[0]
+    out["diag/probe_loss"], out["diag/sublayer_maxabs"] = rest[0], rest[1]
     if gain is not None:
-        out["diag/out_norm_gain_mean"], out["diag/out_norm_gain_max"] = rest[1], rest[2]
+        out["diag/out_norm_gain_mean"], out["diag/out_norm_gain_max"] = rest[2], rest[3]
     return out
 
 
+def activation_peak(metrics: dict[str, float]) -> float:
+    """The largest finite forward activation a probe saw: stream (every layer) and sub-layer outputs."""
+    vals = [v for k, v in metrics.items()
+            if (k.startswith("diag/maxabs/") or k == "diag/sublayer_maxabs") and math.isfinite(v)]
+    return max(vals, default=0.0)
+
+
 def overflows(metrics: dict[str, float], fp16: bool) -> bool:
-    """Whether a probe saw a finite stream value above 65504 (the FP16 maximum), or, when the run
-    is in FP16 (`fp16`), a non-finite one."""
-    return any((k.startswith("diag/maxabs/") and math.isfinite(v) and v > FP16_MAX)
-               or (fp16 and k.startswith("_nonfinite/") and v > 0) for k, v in metrics.items())
+    """Whether a probe's forward activations went past the FP16 maximum: a finite stream or sub-layer
+    output value above 65504, or, when the run is in FP16 (`fp16`), a non-finite stream value (what
+    an overflowed FP16 forward produces). Gradients never count: under fp16 the GradScaler makes
+    non-finite gradients on purpose (Diagnostics.scaler_skips)."""
+    return activation_peak(metrics) > FP16_MAX or any(
+        fp16 and k.startswith("_nonfinite/") and v > 0 for k, v in metrics.items())
 
 
 class Diagnostics(Callback):
@@ -149,7 +177,10 @@ class Diagnostics(Callback):
     def __init__(self, cfg: DiagnosticsConfig | None = None) -> None:
         self.cfg = cfg or DiagnosticsConfig()
         self.spikes = 0
-        self.fp16_overflow = 0
+        self.fp16_overflow = 0  # probes whose forward activations passed 65504
+        self.fp16_first_step: int | None = None  # the first such probe's step
+        self.peak_maxabs = 0.0  # the largest forward activation over every probe
+        self.scaler_skips = 0  # fp16 steps with a non-finite gradient norm: the GradScaler skips them
         self.above = 0  # consecutive steps above the loss threshold
         self.history: deque[float] = deque(maxlen=self.cfg.spike_window)
         self.diverged: dict[str, Any] | None = None
@@ -182,8 +213,8 @@ class Diagnostics(Callback):
             if len(window) == window.maxlen and grad_norm > self.cfg.spike_ratio * statistics.median(window):
                 self.spikes += 1
             window.append(grad_norm)
-        elif self._fp16:
-            self.fp16_overflow += 1
+        elif self._fp16:  # the GradScaler's calibration and post-growth steps: by design, not overflow
+            self.scaler_skips += 1
 
     def _flush(self) -> None:
         if not self._pending:
@@ -200,8 +231,12 @@ class Diagnostics(Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def _counters(self) -> dict[str, float]:
-        return {"diag/spikes": self.spikes, "diag/fp16_overflow": self.fp16_overflow,
-                "diag/diverged": float(self.diverged is not None)}
+        out = {"diag/spikes": self.spikes, "diag/fp16_overflow": self.fp16_overflow,
+               "diag/scaler_skips": self.scaler_skips, "diag/peak_maxabs": self.peak_maxabs,
+               "diag/diverged": float(self.diverged is not None)}
+        if self.fp16_first_step is not None:
+            out["diag/fp16_first_step"] = self.fp16_first_step
+        return out
 
     # ---------------------------------------------------------------------------- Lightning hooks
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -216,6 +251,13 @@ class Diagnostics(Callback):
         self._step = trainer.global_step
         if self.diverged is not None:  # resumed after a divergence: stay diverged
             trainer.should_stop = True
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # the probe at initialization (step 0): gradient steadiness at init and growth over training
+        # are read against it. It touches no parameter, gradient or random state (see `probe`).
+        if self.probe_tokens is None and trainer.global_step == 0:
+            self.probe_tokens = batch[: self.cfg.probe_batch].detach().clone()
+            self._probe_and_log(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         cfg = self.cfg
@@ -252,8 +294,11 @@ class Diagnostics(Callback):
         model = getattr(pl_module, "model", pl_module)
         tokens = self.probe_tokens.to(pl_module.device)
         metrics = probe(model, tokens, trainer.precision_plugin.forward_context())
+        self.peak_maxabs = max(self.peak_maxabs, activation_peak(metrics))
         if overflows(metrics, self._fp16):
             self.fp16_overflow += 1
+            if self.fp16_first_step is None:
+                self.fp16_first_step = trainer.global_step
         self.last_probe = metrics
         self._log(trainer, {**metrics, **self._counters()})
 
@@ -265,11 +310,16 @@ class Diagnostics(Callback):
     def state_dict(self) -> dict[str, Any]:
         self._flush()
         return {"spikes": self.spikes, "fp16_overflow": self.fp16_overflow, "above": self.above,
+                "fp16_first_step": self.fp16_first_step, "peak_maxabs": self.peak_maxabs,
+                "scaler_skips": self.scaler_skips,
                 "history": list(self.history), "diverged": self.diverged,
                 "probe_tokens": None if self.probe_tokens is None else self.probe_tokens.cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.spikes, self.fp16_overflow = state["spikes"], state["fp16_overflow"]
+        # checkpoints written before these counters existed resume with them unset
+        self.fp16_first_step = state.get("fp16_first_step")
+        self.peak_maxabs, self.scaler_skips = state.get("peak_maxabs", 0.0), state.get("scaler_skips", 0)
         self.above, self.diverged = state["above"], state["diverged"]
         self.history = deque(state["history"], maxlen=self.cfg.spike_window)
         self.probe_tokens = state["probe_tokens"]
@@ -277,7 +327,9 @@ class Diagnostics(Callback):
     # --------------------------------------------------------------------------------- summary
     def result_fields(self) -> dict[str, Any]:
         """Fields for result.json: status "diverged" with the step when the run diverged."""
-        out: dict[str, Any] = {"spikes": self.spikes, "fp16_overflow": self.fp16_overflow}
+        out: dict[str, Any] = {"spikes": self.spikes, "fp16_overflow": self.fp16_overflow,
+                               "fp16_first_step": self.fp16_first_step, "peak_maxabs": self.peak_maxabs,
+                               "scaler_skips": self.scaler_skips}
         if self.diverged is not None:
             out.update(status="diverged", diverged_step=self.diverged["step"],
                        diverged_reason=self.diverged["reason"])

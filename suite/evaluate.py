@@ -29,6 +29,7 @@ def evaluate_checkpoint(ckpt_or_run_dir: str | Path, tasks: str | list[str] | tu
     from evals.adapter import PerilnLM
     from evals.run import evaluate
     from suite.checkpoint import load_checkpoint, resolve_checkpoint
+    from suite.synthetic_tasks import benchmark_provenance
 
     names = resolve_tasks(tasks)  # bad task names fail before the checkpoint is read
     if data_dir is not None:
@@ -39,7 +40,7 @@ def evaluate_checkpoint(ckpt_or_run_dir: str | Path, tasks: str | list[str] | tu
     lm.checkpoint = str(loaded.checkpoint)
     result = evaluate(lm, names, limit=limit, data_dir=data_dir, num_fewshot=num_fewshot, cache_dir=cache_dir)
     result["meta"].update(checkpoint=str(loaded.checkpoint), run_dir=str(loaded.run_dir), key=loaded.key,
-                          step=loaded.step)
+                          step=loaded.step, benchmark_data=benchmark_provenance(data_dir))
     return result
 
 

@@ -59,7 +59,7 @@ def module_run(cfg: RunConfig) -> dict[str, Any]:
     model.pad_vocab_to itself, the vocabulary is padded to a multiple of 128."""
     run = cfg.to_dict()
     multiple = vocab_multiple(cfg.train)
-    if multiple > 1 and "pad_vocab_to" not in cfg.model:
+    if multiple > 1 and cfg.model.pad_vocab_to is None:
         run["model"] = {**run["model"], "pad_vocab_to": multiple}
     return run
 

@@ -46,6 +46,7 @@ from models import ConfigError
 from suite.config import RunConfig, read_yaml, run_config_from_dict
 from suite.cost import resolve_budget
 from suite.files import suggest
+from suite.outcome import USED
 from suite.sweep import Sweep
 
 EXECUTORS = ("local", "debug", "slurm")
@@ -253,12 +254,13 @@ class TrainJob(submitit.helpers.Checkpointable):
             result = train(cfg, callbacks=[saver, *self.callbacks], logger=logger,
                            plugins=plugins)
             status = result.get("status", "finished")
-            if rank == 0 and self.eval_spec and self.eval_spec.get("tasks") and status == "finished":
+            if rank == 0 and self.eval_spec and self.eval_spec.get("tasks") and status in USED:
                 scores = self._evaluate(cfg, last)
                 if store:
                     store.log_metrics(self.run_id, scores["metrics"], step=result["step"])
                     store.log_text(self.run_id, json.dumps(scores["meta"], indent=1, default=str),
                                    "eval.json")
+                    store.set_tags(self.run_id, benchmark_data=scores["meta"]["benchmark_data"])
                 result["eval"] = scores["metrics"]
         except (SystemExit, KeyboardInterrupt) as err:
             if store and rank == 0:
@@ -273,7 +275,8 @@ class TrainJob(submitit.helpers.Checkpointable):
             raise
         if store and rank == 0:
             store.set_status(self.run_id, result.get("status", "finished"), step=result.get("step"),
-                             checkpoint=str(last), diverged_step=result.get("diverged_step"))
+                             checkpoint=str(last), diverged_step=result.get("diverged_step"),
+                             unigram_ce=result.get("unigram_ce"))
         return result
 
     def _evaluate(self, cfg: RunConfig, last: Path) -> dict[str, Any]:

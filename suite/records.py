@@ -28,18 +28,16 @@ from models import ConfigError
 # ------------------------------------------------------------------------------------------ schema
 
 RUN_COLUMNS: tuple[str, ...] = (
-    "key", "sweep", "arm", "placement", "placement_args", "variant", "size", "lr", "seed",
-    "status", "diverged_step", "step", "embed_norm", "tokenizer", "data_source", "eval_source",
-    "commit", "dirty", "train_loss", "eval_loss", "tokens_per_s",
+    "key", "sweep", "arm", "group", "placement", "placement_args", "variant", "size", "lr", "seed",
+    "status", "diverged_step", "step", "n_layers", "d_model", "embed_norm", "tokenizer", "data_source",
+    "eval_source", "benchmark_data", "unigram_ce", "commit", "dirty", "train_loss", "eval_loss",
+    "tokens_per_s",
 )
 CURVE_COLUMNS: tuple[str, ...] = ("key", "metric", "step", "value")
-INT_COLUMNS = ("seed", "diverged_step", "step")
-FLOAT_COLUMNS = ("lr", "train_loss", "eval_loss", "tokens_per_s")
+INT_COLUMNS = ("seed", "diverged_step", "step", "n_layers", "d_model")
+FLOAT_COLUMNS = ("lr", "unigram_ce", "train_loss", "eval_loss", "tokens_per_s")
 # metrics mapped onto the leading columns (their final values) rather than repeated under their name
 FINAL_ALIASES = {"train/loss": "train_loss", "val/loss": "eval_loss", "train/tokens_per_s": "tokens_per_s"}
-
-USED = "finished"  # the only status whose numbers enter means
-DIVERGED = "diverged"
 
 
 # --------------------------------------------------------------------------------------- reading
@@ -139,12 +137,9 @@ def write_atomic(path: Path, text: str) -> Path:
 
 # ------------------------------------------------------------------------------- MLflow -> CSVs
 
-def _fmt_g(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
 def run_row(run: dict[str, Any]) -> dict[str, Any]:
-    """One exported record (tracking.export_runs) -> one runs.csv row."""
+    """One exported record (tracking.export_runs) -> one runs.csv row. Identity comes from the tags
+    RunConfig.identity recorded (never from cutting the run key apart)."""
     params, tags, metrics = run.get("params", {}), run.get("tags", {}), run.get("metrics", {})
 
     def get(name: str, default: Any = None) -> Any:
@@ -153,36 +148,25 @@ def run_row(run: dict[str, Any]) -> dict[str, Any]:
                 return source[name]
         return default
 
-    placement = str(get("placement", ""))
-    size = str(get("size", ""))
-    lr = float(get("lr", "nan"))
-    seed = int(float(get("seed", 0)))
-    key = str(get("run_key") or get("key") or run.get("name") or "")
-    args = {k[len("placement_args."):]: v for k, v in params.items() if k.startswith("placement_args.")}
-    # the arm: the run key without size, LR and seed (placement, its arguments, any variant)
-    mid = f"-{size}-lr{_fmt_g(lr)}-s{seed}"
-    at = key.find(mid)
-    arm = key[:at] + key[at + len(mid):] if at > 0 else placement
-    embed = params.get("model.embed_norm")
-    if embed in (None, ""):
-        try:
-            from models.placements import get_placement
+    def number(name: str, kind: type) -> Any:
+        v = get(name)
+        return None if v in (None, "", "None") else kind(float(v))
 
-            embed = bool(get_placement(placement).embed_norm)
-        except Exception:  # noqa: BLE001 -- an unknown (since removed) placement: not recorded
-            embed = None
-    else:
-        embed = str(embed).lower() == "true"
-    diverged_step = get("diverged_step")
+    placement = str(get("placement", ""))
+    args = {k[len("placement_args."):]: v for k, v in params.items() if k.startswith("placement_args.")}
+    embed = get("embed_norm")
     row: dict[str, Any] = dict(
-        key=key, sweep=get("sweep", ""), arm=arm, placement=placement,
+        key=str(get("run_key") or run.get("name") or ""), sweep=get("sweep", ""),
+        arm=get("arm", placement), group=get("group", ""), placement=placement,
         placement_args=";".join(f"{k}={v}" for k, v in sorted(args.items())),
-        variant=get("variant", ""),
-        size=size, lr=lr, seed=seed, status=get("status", ""),
-        diverged_step=None if diverged_step in (None, "") else int(float(diverged_step)),
-        step=run.get("step"), embed_norm=embed,
+        variant=get("variant", ""), size=str(get("size", "")), lr=number("lr", float),
+        seed=number("seed", int) or 0, status=get("status", ""),
+        diverged_step=number("diverged_step", int), step=run.get("step"),
+        n_layers=number("n_layers", int), d_model=number("d_model", int),
+        embed_norm=None if embed is None else str(embed).lower() == "true",
         tokenizer=params.get("data.tokenizer", ""), data_source=params.get("data.source", ""),
         eval_source=params.get("data.eval_source", "") if params.get("data.eval_source") != "None" else "",
+        benchmark_data=get("benchmark_data", ""), unigram_ce=number("unigram_ce", float),
         commit=get("git_commit") or get("commit") or "", dirty=get("git_dirty") or get("dirty") or "",
     )
     for name, value in metrics.items():

@@ -68,7 +68,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from models import ConfigError
 from suite import launch
-from suite.config import RunConfig, _fmt, run_config_from_dict
+from suite.config import RunConfig, run_config_from_dict
 from suite.cost import resolve_budget
 from suite.files import atomic_write_text, file_lock
 from suite.sweep import SearchSpec, Sweep
@@ -105,15 +105,6 @@ class Group:
         return [c.lr for c in self.cells]
 
 
-def group_label(cell: RunConfig) -> str:
-    """The run key without lr and seed: <placement[_args]>-<size>[-<variant>]."""
-    return cell.key.replace(f"-lr{_fmt(cell.lr)}-s{cell.seed}", "", 1)
-
-
-def arm_label(cell: RunConfig) -> str:
-    return cell.key.replace(f"-{cell.size}-lr{_fmt(cell.lr)}-s{cell.seed}", "", 1)
-
-
 def search_seed(sweep: Sweep, spec: SearchSpec) -> int:
     return spec.seed if spec.seed is not None else min(c.seed for c in sweep.cells)
 
@@ -124,7 +115,7 @@ def plan_groups(sweep: Sweep, only: Sequence[str] = ()) -> list[Group]:
     seed = search_seed(sweep, spec)
     by_label: dict[str, list[RunConfig]] = {}
     for cell in sweep.select(list(only)):
-        by_label.setdefault(group_label(cell), []).append(cell)
+        by_label.setdefault(cell.group, []).append(cell)
     groups, problems = [], []
     for label, cells in by_label.items():
         at_seed = [c for c in cells if c.seed == seed]
@@ -137,7 +128,7 @@ def plan_groups(sweep: Sweep, only: Sequence[str] = ()) -> list[Group]:
             problems.append(f"{sweep.path}: search: {label} has {len(at_seed)} learning rate; method "
                             "grid needs at least two (grid.lr: [...])")
             continue
-        groups.append(Group(study=f"{sweep.name}/{label}", label=label, arm=arm_label(at_seed[0]),
+        groups.append(Group(study=f"{sweep.name}/{label}", label=label, arm=at_seed[0].arm,
                             cells=tuple(at_seed)))
     if problems:
         raise ConfigError("\n".join(problems))
@@ -398,7 +389,7 @@ class TrialWorker(launch.Checkpointable):
     def _group(self, name: str) -> Group:
         cells = tuple(run_config_from_dict(c, name) for c in self.studies[name])
         label = name.split("/", 1)[1]
-        return Group(study=name, label=label, arm=arm_label(cells[0]), cells=cells)
+        return Group(study=name, label=label, arm=cells[0].arm, cells=cells)
 
     def _spec(self) -> SearchSpec:
         return SearchSpec(**{**self.spec, "lr": tuple(self.spec["lr"]) if self.spec.get("lr") else None})
@@ -758,7 +749,7 @@ def seed_cells(sweep: Sweep, source: Sweep | str, seeds: Sequence[int] | None = 
     where = source.path if isinstance(source, Sweep) else source
     groups: dict[str, list[RunConfig]] = {}
     for cell in sweep.select(list(only)):
-        groups.setdefault(group_label(cell), []).append(cell)
+        groups.setdefault(cell.group, []).append(cell)
     problems, out = [], []
     for label, cells in groups.items():
         b = best.get(label)

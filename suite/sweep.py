@@ -37,16 +37,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from models import SIZES, ConfigError, ModelConfig
+from models import ConfigError
 from models.placements import get_placement
 from suite import cost
 from suite.config import (
-    MODEL_OVERRIDES,
     RunConfig,
-    _build,
-    _coerce,
-    _fmt,
+    build,
+    check_value,
+    coerce,
     deep_merge,
+    field_type,
+    fmt_value,
     parse_overrides,
     read_yaml,
     run_config_from_dict,
@@ -187,7 +188,7 @@ def sweep_from_dict(data: Any, where: str, extra: Mapping[str, Any] | None = Non
     if "sweep" in base:
         problems.append(f"{where}: base.sweep: set by the sweep's name; remove it")
         base.pop("sweep")
-    _build(RunConfig, base, f"{where}: base", problems)
+    build(RunConfig, base, f"{where}: base", problems)
 
     axes = _parse_grid(data.get("grid"), where, problems)
     rules = _parse_rules(data.get("overrides"), where, problems)
@@ -196,7 +197,7 @@ def sweep_from_dict(data: Any, where: str, extra: Mapping[str, Any] | None = Non
     search = _parse_search(data.get("search"), where, problems)
     extra = _nest(dict(extra or {}))
     if extra:
-        _build(RunConfig, extra, f"{where}: command-line override", problems)
+        build(RunConfig, extra, f"{where}: command-line override", problems)
     if problems:
         raise ConfigError("\n".join(problems))
 
@@ -284,7 +285,7 @@ def _parse_grid(grid: Any, where: str, problems: list[str]) -> dict[str, list[An
                             "placement: [{name: mix_ln, args: {alpha: 0.25}}]")
             continue
         before = len(problems)
-        _field_type(str(axis), at, problems)
+        field_type(str(axis), at, problems)
         if len(problems) > before:
             continue
         axes[axis] = [_check_value(axis, v, f"{at}[{i}]", problems) for i, v in enumerate(values)]
@@ -333,7 +334,7 @@ def _parse_rules(rules: Any, where: str, problems: list[str]) -> list[tuple[dict
             if key in settings:
                 problems.append(f"{at}.set.{key}: one per sweep; set it in base")
                 settings.pop(key)
-        _build(RunConfig, settings, f"{at}.set", problems)
+        build(RunConfig, settings, f"{at}.set", problems)
         out.append((when, settings))
     return out
 
@@ -369,14 +370,14 @@ def _parse_search(spec: Any, where: str, problems: list[str]) -> SearchSpec | No
     spec = dict(spec)
     lr = spec.pop("lr", None)
     before = len(problems)
-    out = _build(SearchSpec, spec, at, problems)
+    out = build(SearchSpec, spec, at, problems)
     if len(problems) > before:
         return None
     if lr is not None:
         if not isinstance(lr, list) or len(lr) != 2:
             problems.append(f"{at}.lr: expected [low, high] (a log-uniform range for tpe); got {lr!r}")
             return None
-        lr = tuple(_coerce(v, float, f"{at}.lr[{i}]", problems) for i, v in enumerate(lr))
+        lr = tuple(coerce(v, float, f"{at}.lr[{i}]", problems) for i, v in enumerate(lr))
         if len(problems) > before:
             return None
         if not 0 < lr[0] < lr[1]:
@@ -417,60 +418,18 @@ def _parse_eval(spec: Any, where: str, problems: list[str]) -> EvalSpec:
     if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
         problems.append(f"{where}: eval.tasks: expected a list of lm-eval task names; got {tasks!r}")
         tasks = []
-    out = _build(EvalSpec, spec, f"{where}: eval", problems)
+    out = build(EvalSpec, spec, f"{where}: eval", problems)
     return dataclasses.replace(out, tasks=tuple(tasks))
 
 
 # ----------------------------------------------------------------------------------- field types
 
-def _field_type(dotted: str, at: str, problems: list[str]) -> Any:
-    """The declared type of a dotted RunConfig field (None after reporting a problem)."""
-    parts = dotted.split(".")
-    cls: Any = RunConfig
-    for i, part in enumerate(parts):
-        rest = parts[i + 1:]
-        if cls is ModelConfig:
-            if part not in MODEL_OVERRIDES:
-                problems.append(f"{at}: unknown model field {part!r}"
-                                f"{suggest(part, MODEL_OVERRIDES, lead='; ')}")
-                return None
-        else:
-            names = [f.name for f in fields(cls)]
-            if part not in names:
-                prefix = ".".join(parts[:i])
-                what = f"field of {prefix}" if prefix else "run field"
-                problems.append(f"{at}: unknown {what} {part!r}{suggest(part, names, lead='; ')}")
-                return None
-        tp = typing.get_type_hints(cls)[part]
-        if not rest:
-            return tp
-        if cls is RunConfig and part == "model":
-            cls = ModelConfig
-        elif cls is RunConfig and part == "placement_args":
-            return Any if len(rest) == 1 else None
-        elif dataclasses.is_dataclass(tp):
-            cls = tp
-        else:
-            problems.append(f"{at}: {'.'.join(parts[:i + 1])} is a value, not a section")
-            return None
-    return None
-
-
 def _check_value(dotted: str, value: Any, at: str, problems: list[str]) -> Any:
-    """`value` coerced to the field's type (YAML's '1e-3' strings become numbers); placement and
-    size names are checked against the registries."""
+    """A grid/condition value: placements (name or {name, args}) checked against the registry, every
+    other field coerced to its declared type by suite.config."""
     if dotted == "placement":
         return _placement_entry(value, at, problems)[0]
-    tp = _field_type(dotted, at, problems)
-    if tp is None:
-        return value
-    if dotted == "size" and isinstance(value, str) and value not in SIZES:
-        problems.append(f"{at}: unknown size {value!r}"
-                        f"{suggest(value, SIZES, lead='; ')}; known: {', '.join(SIZES)}")
-        return value
-    if tp is Any:
-        return value
-    return _coerce(value, tp, at, problems)
+    return check_value(dotted, value, at, problems)
 
 
 # ------------------------------------------------------------------------------------- utilities
@@ -479,7 +438,7 @@ def _nest(mapping: Mapping[str, Any]) -> dict[str, Any]:
     """Dotted keys ({'train.lr': 1}) as nested mappings; nested mappings kept."""
     out: dict[str, Any] = {}
     for key, value in mapping.items():
-        if isinstance(value, Mapping) and key not in ("placement_args", "model"):
+        if isinstance(value, Mapping) and key != "placement_args":
             value = _nest(value)
         if isinstance(key, str) and "." in key:
             nested: dict[str, Any] = {}
@@ -511,7 +470,7 @@ def _flat_values(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _plain_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
     problems: list[str] = []
-    cfg = _build(RunConfig, data, "cell", problems)
+    cfg = build(RunConfig, data, "cell", problems)
     if problems:
         raise ConfigError("\n".join(problems))
     return cfg.to_dict()
@@ -537,12 +496,12 @@ def _same(a: Any, b: Any) -> bool:
 def _label(value: Any) -> str:
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):  # placement
         name, args = value
-        return name + "".join(f"_{k}{_fmt(v)}" for k, v in sorted(args.items()))
-    return _fmt(value)
+        return name + "".join(f"_{k}{fmt_value(v)}" for k, v in sorted(args.items()))
+    return fmt_value(value)
 
 
 def _variant_part(axis: str, value: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+]", "", f"{axis.split('.')[-1]}{_fmt(value)}")
+    return re.sub(r"[^A-Za-z0-9_.+]", "", f"{axis.split('.')[-1]}{fmt_value(value)}")
 
 
 # ------------------------------------------------------------------------------------------ plan

@@ -15,6 +15,7 @@ the scored text is a corpus sentence whatever prompt the task's config puts befo
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,12 @@ def records(task: str, n: int, seed: int = 0) -> list[dict]:
     return [make(i) for i in range(n)]
 
 
+# A marker beside the synthetic files: scores computed on this folder are labelled synthetic in
+# runs.csv, every table and the claims (which then refuse accuracy verdicts).
+MARKER = "SYNTHETIC_BENCHMARKS.json"
+SYNTHETIC = "synthetic (suite/synthetic_tasks.py)"
+
+
 def write_synthetic_benchmarks(out_dir: str | Path, n: int = 200, seed: int = 0,
                                tasks: tuple[str, ...] = ALL_TASKS) -> list[Path]:
     """One file per task, named as `periln eval --data-dir` expects; n items each."""
@@ -180,4 +187,15 @@ def write_synthetic_benchmarks(out_dir: str | Path, n: int = 200, seed: int = 0,
         path = out / f"{TASKS[task].file_stem()}.jsonl.gz"
         write_jsonl_gz(records(task, n, seed), path)
         paths.append(path)
+    (out / MARKER).write_text(json.dumps({"builder": "suite/synthetic_tasks.py", "items_per_task": n,
+                                          "seed": seed, "tasks": list(tasks)}, indent=1))
     return paths
+
+
+def benchmark_provenance(data_dir: str | Path | None) -> str:
+    """Where a run's benchmark items came from: synthetic, local files, or lm-eval's hub datasets."""
+    if data_dir is None:
+        return "hub (lm-eval's datasets)"
+    if (Path(data_dir).expanduser() / MARKER).is_file():
+        return SYNTHETIC
+    return f"local files ({Path(data_dir).name})"

@@ -23,9 +23,10 @@ from typing import Any
 
 from evals.tasks import AVERAGE_METRIC, PAPER_TASKS, metric_key
 from models import ConfigError
+from suite import claims as claims_engine
 from suite.analysis import DASH, DIVERGENCE_RULE, LR_RULE, STD_RULE, Analysis, Stat, col, finite, paper_avg
-from suite.claims import CLAIMS
-from suite.records import export, read_runs, write_atomic
+from suite.records import export, read_curves, read_runs, write_atomic
+from suite.stats import UNTESTABLE
 
 TASK_LABELS = {"arc_easy": "ARC-Easy", "hellaswag": "HellaSwag", "piqa": "PIQA", "social_iqa": "SIQA",
                "winogrande": "Winogrande"}
@@ -169,30 +170,45 @@ def _embed_note(a: Analysis) -> list[str]:
     return notes
 
 
+SYNTHETIC_WARNING = ("SYNTHETIC tasks in the benchmarks' formats (suite/synthetic_tasks.py): a wiring check "
+                     "of the pipeline, not ARC-Easy, HellaSwag, PIQA, SIQA or Winogrande.")
+
+
+def synthetic_benchmarks(a: Analysis) -> bool:
+    """Whether any run's benchmark scores came from the synthetic task builder."""
+    return any("synthetic" in str(r.get("benchmark_data") or "") for r in a.rows)
+
+
 def table1(a: Analysis) -> TableSet:
     acc_note = ", ".join(f"{TASK_LABELS[t]} {AVERAGE_METRIC[t]}" for t in PAPER_TASKS)
-    caption = (f"The paper's Table 1 layout: accuracy (%) per task ({acc_note}; zero-shot), their "
+    synthetic = synthetic_benchmarks(a)
+    tag = " (synthetic)" if synthetic else ""
+    caption = (("Benchmarks: " + SYNTHETIC_WARNING + " " if synthetic else "")
+               + f"The paper's Table 1 layout: accuracy (%) per task ({acc_note}; zero-shot), their "
                f"5-task average, and final eval loss; {STD_RULE} {LR_RULE} {DIVERGENCE_RULE}")
-    columns = ["placement", "LR", "diverged", *(m for m, _ in METRICS), "5-task avg", "eval loss"]
+    columns = ["placement", "LR", "diverged", "failed to learn", *(m + tag for m, _ in METRICS),
+               "5-task avg" + tag, "eval loss"]
     sections, csv_rows = [], []
     for size in a.sizes:
         rows = []
         for arm in a.arms(size):
             lr = a.chosen.get((arm, size))
             div, n = a.counts(arm, size, lr) if lr is not None else a.counts(arm, size)
+            failed = a.failed(arm, size, lr) if lr is not None else a.failed(arm, size)
             stats = [a.stat(arm, size, col(k)) for _, k in METRICS]
             avg = a.stat(arm, size, paper_avg)
             loss = a.stat(arm, size, col("eval_loss"))
-            rows.append([arm, flr(lr), f"{div}/{n}", *(fstat(s, 2, 100) for s in stats), fstat(avg, 2, 100),
-                         fstat(loss, 3)])
-            csv_rows.append([size, arm, fcsv(lr), str(n - div), str(div), str(n),
+            rows.append([arm, flr(lr), f"{div}/{n}", f"{failed}/{n}", *(fstat(s, 2, 100) for s in stats),
+                         fstat(avg, 2, 100), fstat(loss, 3)])
+            csv_rows.append([size, arm, fcsv(lr), str(n - div), str(div), str(failed), str(n),
                              *(x for s in [*stats, avg] for x in (
                                  None if s.mean is None else s.mean * 100,
                                  None if s.std is None else s.std * 100)),
                              loss.mean, loss.std])
         sections.append(Section(f"size {size}", columns, rows))
-    metric_cols = [m.lower().replace("-", "_") for m, _ in METRICS] + ["avg5"]
-    csv_cols = ["size", "placement", "lr", "seeds_used", "seeds_diverged", "seeds",
+    metric_cols = [m.lower().replace("-", "_") + ("_synthetic" if synthetic else "") for m, _ in METRICS]
+    metric_cols += ["avg5" + ("_synthetic" if synthetic else "")]
+    csv_cols = ["size", "placement", "lr", "seeds_used", "seeds_diverged", "seeds_failed_to_learn", "seeds",
                 *(f"{m}_{s}" for m in metric_cols for s in ("mean", "std")),
                 "eval_loss_mean", "eval_loss_std"]
     return TableSet("table1", "Table 1: downstream accuracy and eval loss", caption, sections, csv_cols,
@@ -290,20 +306,29 @@ def paper_table(a: Analysis, reference: Sequence[dict[str, str]]) -> TableSet:
 
 # ---------------------------------------------------------------- claims (verdicts: suite.claims)
 
-def claims_table(a: Analysis) -> TableSet:
-    caption = ("Each claim of PAPER.md section 2 tested on this sweep's runs. Values are means over the "
-               "finished seeds at the LR chosen by the Table 1 rule unless the test says otherwise; "
-               "layer 0 is the embedding output, so depth ratios start at layer 1; \"not measured\" = "
-               "the runs lack the placements or metrics the test needs. ✗ marks a size where the test "
-               f"fails. {LR_RULE}")
-    columns = ["claim", "tag (PAPER.md)", "test (ours)", "numbers", "verdict"]
-    rows, csv_rows = [], []
-    for c in CLAIMS:
-        verdict, numbers = c.check(a)
-        rows.append([c.claim, c.tag, c.test, numbers, Cell(verdict, bold=True)])
-        csv_rows.append([c.id, c.claim, c.tag, c.test, numbers, verdict])
+def claims_table(a: Analysis, curves: claims_engine.Curves | None = None) -> TableSet:
+    results = claims_engine.evaluate(a, curves)
+    caption = ("Each claim of docs/paper.md section 2 tested on this sweep's runs (suite/claims.py). A "
+               "claim compares its quantity between arms paired by seed, at matched (size, LR) cells for "
+               "stability claims and at each arm's chosen LR for quality claims; each compared group gets "
+               "a 95% interval. holds = every group's interval lies on the claim's side of its threshold; "
+               "does not hold = some group's lies on the other side; inconclusive = an interval straddles "
+               "it; not testable here = a precondition failed (the reason is given). Every number is in "
+               f"claims.csv. {LR_RULE}")
+    columns = ["claim", "tag (docs/paper.md)", "quantity", "compares", "method", "evidence", "verdict"]
+    rows = []
+    for res in results:
+        c = res.claim
+        verdict = res.verdict + (f" ({res.reason})" if res.verdict == UNTESTABLE and res.reason else "")
+        rows.append([c.claim, c.tag, f"{c.quantity}; {c.threshold}", c.compares, res.method,
+                     claims_engine.evidence(res), Cell(verdict, bold=True)])
     return TableSet("claims", "Claims", caption, [Section("", columns, rows)],
-                    ["id", "claim", "tag", "test", "numbers", "verdict"], csv_rows, _embed_note(a))
+                    list(claims_engine.CSV_COLUMNS), claims_engine.csv_rows(results),
+                    _embed_note(a) + _synthetic_note(a))
+
+
+def _synthetic_note(a: Analysis) -> list[str]:
+    return ([f"Benchmarks: {SYNTHETIC_WARNING}"] if synthetic_benchmarks(a) else [])
 
 
 # ------------------------------------------------------------------------------------------- build
@@ -330,9 +355,10 @@ def header(source: Path, commit: str) -> str:
             f"commit {commit}; do not edit")
 
 
-def build_tables(rows: list[dict[str, Any]], reference: Sequence[dict[str, str]]) -> list[TableSet]:
+def build_tables(rows: list[dict[str, Any]], reference: Sequence[dict[str, str]],
+                 curves: claims_engine.Curves | None = None) -> list[TableSet]:
     a = Analysis(rows)
-    return [table1(a), lr_table(a), paper_table(a, reference), claims_table(a)]
+    return [table1(a), lr_table(a), paper_table(a, reference), claims_table(a, curves)]
 
 
 def build(runs_csv: str | Path, out_dir: str | Path, reference: str | Path | None = None,
@@ -342,7 +368,9 @@ def build(runs_csv: str | Path, out_dir: str | Path, reference: str | Path | Non
     rows = read_runs(runs_csv)
     if not rows:
         raise ConfigError(f"{runs_csv}: no runs")
-    tables = build_tables(rows, read_reference(reference or DEFAULT_REFERENCE))
+    curves_csv = runs_csv.with_name("curves.csv")
+    curves = read_curves(curves_csv) if curves_csv.is_file() else None
+    tables = build_tables(rows, read_reference(reference or DEFAULT_REFERENCE), curves)
     head = header(runs_csv, commit or commit_label(rows))
     written = [write_atomic(out_dir / "tables.md", render_markdown(tables, head)),
                write_atomic(out_dir / "tables.tex", render_latex(tables, head))]

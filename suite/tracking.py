@@ -43,10 +43,11 @@ from suite.files import file_lock
 if TYPE_CHECKING:
     from suite.config import RunConfig
 
-STATUSES = ("queued", "running", "interrupted", "finished", "failed", "diverged")
-DONE = ("finished", "diverged")  # a resubmission skips these keys
+STATUSES = ("queued", "running", "interrupted", "finished", "failed_to_learn", "failed", "diverged")
+DONE = ("finished", "failed_to_learn", "diverged")  # ended runs (suite/outcome.py): a resubmission skips them
 _MLFLOW_STATUS = {"queued": "SCHEDULED", "running": "RUNNING", "interrupted": "KILLED",
-                  "finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
+                  "finished": "FINISHED", "failed_to_learn": "FINISHED", "diverged": "FINISHED",
+                  "failed": "FAILED"}
 # MLflow's limits per log_batch call (mlflow.utils.validation)
 _BATCH_METRICS, _BATCH_PARAMS, _BATCH_TAGS = 1000, 100, 100
 _TAG_MAX = 5000
@@ -246,8 +247,9 @@ def run_tags(cell: RunConfig, sweep_file: str | Path, executor: str, git: tuple[
              **extra: Any) -> dict[str, Any]:
     """The tags of a sweep cell's record (`extra`: the search's study, trial, search_method)."""
     commit, dirty = git
-    return dict(sweep=cell.sweep, placement=cell.placement, size=cell.size, lr=cell.lr, seed=cell.seed,
-                variant=cell.variant or None, git_commit=commit, git_dirty=dirty, executor=executor,
+    # identity as RunConfig composes it (arm, group, depth ...): readers never cut the key apart
+    identity = {k: (v or None) for k, v in cell.identity.items() if k != "run_key"}
+    return dict(identity, git_commit=commit, git_dirty=dirty, executor=executor,
                 sweep_file=str(sweep_file), **extra)
 
 
@@ -269,7 +271,7 @@ def open_run(store: Store, experiment_id: str, key: str, record: RunRecord | Non
 
 
 def export_runs(sweep: str, uri: str) -> list[dict[str, Any]]:
-    """The sweep's runs as plain data for suite/tables.py (which must not import mlflow), sorted by
+    """The sweep's runs as plain data for suite/records.py (which must not import mlflow), sorted by
     run key: name (the run key), run_id, status, step, tags, params, metrics (latest value of each)
     and history {metric: [(step, value), ...]} (one value per step: the last logged, so a resumed
     run's repeated steps count once)."""

@@ -22,6 +22,7 @@ from suite.cost import resolve_budget, tokens_per_step
 from suite.data import TokenData
 from suite.diagnostics import Diagnostics
 from suite.files import atomic_write_text
+from suite.outcome import DIVERGED, FAILED_TO_LEARN, FINISHED, USED, failed_to_learn
 
 # NOTE: StepSampler resumes mid-epoch from the restored global step (suite/data.py), which
 # Lightning cannot see; its warning about non-resumable dataloaders does not apply here.
@@ -155,10 +156,10 @@ def finished_result(cfg: RunConfig) -> dict[str, Any] | None:
         result = json.loads((cfg.run_dir / "result.json").read_text())
     except (OSError, ValueError):
         return None
-    if result.get("status") == "diverged":
+    if result.get("status") == DIVERGED:
         return result
     steps = resolve_budget(cfg).train.max_steps
-    if result.get("status") == "finished" and (result.get("step") or 0) >= steps:
+    if result.get("status") in USED and (result.get("step") or 0) >= steps:
         return result
     return None
 
@@ -211,9 +212,14 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
             last.unlink()  # a file replaces the link: saving through it would overwrite step<N>.ckpt
         trainer.save_checkpoint(last)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    result = dict(key=cfg.key, status="finished", step=trainer.global_step,
-                  train_loss=metrics.get("train/loss"), val_loss=metrics.get("val/loss"),
-                  checkpoint=str(last), seconds=round(time.perf_counter() - start, 2),
+    # a run that ends no better than the token frequencies failed to learn (suite/outcome.py);
+    # the train loss stands in when the run recorded no validation loss
+    unigram = getattr(data, "unigram_ce", None)
+    final = metrics.get("val/loss", metrics.get("train/loss"))
+    result = dict(key=cfg.key, status=FAILED_TO_LEARN if failed_to_learn(final, unigram, trainer.global_step) else FINISHED,
+                  step=trainer.global_step, train_loss=metrics.get("train/loss"),
+                  val_loss=metrics.get("val/loss"), unigram_ce=unigram, checkpoint=str(last),
+                  seconds=round(time.perf_counter() - start, 2),
                   tokens_per_s=metrics.get("train/tokens_per_s"))
     if diag is not None:  # status "diverged" with diverged_step, spike and overflow counts
         result.update(diag.result_fields())

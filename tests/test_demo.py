@@ -36,9 +36,12 @@ def test_demo_end_to_end_shortened(tmp_path, capsys, monkeypatch):
     assert "| pre_ln | 0.003 | 0/1 |" in md and "| peri_ln | 0.003 | 0/1 |" in md
     with (out / "claims.csv").open() as fh:
         fh.readline()
-        verdicts = {r["id"]: r["verdict"] for r in csv.DictReader(fh)}
-    assert verdicts["acc_peri_ge_pre"] in ("holds", "does not hold")  # measured either way
-    assert verdicts["acc_post_lowest"] == "not measured"  # no post_ln cell in this variant
+        overall = {r["id"]: r for r in csv.DictReader(fh) if r["group"] == "overall"}
+    # synthetic benchmarks, one seed, 4 layers: a wiring check, never a verdict on the paper
+    assert overall["acc_peri_gt_pre"]["verdict"] == "not testable here"
+    assert "synthetic" in overall["acc_peri_gt_pre"]["reason"]
+    assert overall["acc_post_lowest"]["verdict"] == "not testable here"
+    assert "not testable here" in printed and "WIRING CHECK" in printed
     for stem in ("loss_curves", "loss_vs_lr", "layer_variance", "layer_maxabs", "layer_grad_norm"):
         for ext in ("png", "pdf"):
             assert (out / "figures" / f"{stem}.{ext}").stat().st_size > 5000

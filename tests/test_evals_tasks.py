@@ -332,7 +332,9 @@ def test_fetch_benchmarks_writes_the_expected_files(tmp_path, capsys):
 
 def test_synthetic_benchmarks_cli(tmp_path, capsys):
     assert periln(["data", "synthetic-benchmarks", str(tmp_path), "-n", "5", "--tasks", "paper"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(task_data.expected_files(PAPER_TASKS))
+    # the task files plus the marker that labels scores on them synthetic (suite/synthetic_tasks.py)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*task_data.expected_files(PAPER_TASKS),
+                                                                 "SYNTHETIC_BENCHMARKS.json"])
     files = task_data.locate(tmp_path, PAPER_TASKS)
     assert yaml.safe_dump(task_data.group_config(files))  # serialisable as lm-eval reads it
     assert Path(files["hellaswag"]["validation"]).stat().st_size > 0

@@ -11,7 +11,6 @@ import pytest
 from evals.tasks import AVERAGE_METRIC, PAPER_TASKS, metric_key
 from models import ConfigError
 from suite import analysis as A
-from suite import claims as C
 from suite import records as R
 from suite import tables as T
 from suite.cli import main
@@ -51,15 +50,15 @@ mix_ln_alpha0.25-tiny-lr0.01-s1,g,mix_ln_alpha0.25,mix_ln,alpha=0.25,,tiny,0.01,
 GOLDEN_TABLE1 = "\n".join([
     "### size tiny",
     "",
-    "| placement | LR | diverged | ARC-Easy | HellaSwag | PIQA | SIQA | Winogrande | 5-task avg "
-    "| eval loss |",
-    "|---|---|---|---|---|---|---|---|---|---|",
-    "| post_ln | 0.001 | 0/2 | 40.00 | 20.00 | 50.00 | 30.00 | 40.00 | 36.00 | 3.500 ± 0.141 |",
-    "| pre_ln | 0.001 | 0/2 | 51.00 ± 1.41 | 31.00 ± 1.41 | 61.00 ± 1.41 | 41.00 ± 1.41 | 51.00 ± 1.41 "
+    "| placement | LR | diverged | failed to learn | ARC-Easy | HellaSwag | PIQA | SIQA | Winogrande "
+    "| 5-task avg | eval loss |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "| post_ln | 0.001 | 0/2 | 0/2 | 40.00 | 20.00 | 50.00 | 30.00 | 40.00 | 36.00 | 3.500 ± 0.141 |",
+    "| pre_ln | 0.001 | 0/2 | 0/2 | 51.00 ± 1.41 | 31.00 ± 1.41 | 61.00 ± 1.41 | 41.00 ± 1.41 | 51.00 ± 1.41 "
     "| 47.00 ± 1.41 | 3.100 ± 0.141 |",
-    "| peri_ln | 0.01 | 0/2 | 60.00 ± 0.00 | 40.00 ± 0.00 | 70.00 ± 0.00 | 50.00 ± 0.00 | 60.00 ± 0.00 "
+    "| peri_ln | 0.01 | 0/2 | 0/2 | 60.00 ± 0.00 | 40.00 ± 0.00 | 70.00 ± 0.00 | 50.00 ± 0.00 | 60.00 ± 0.00 "
     "| 56.00 ± 0.00 | 2.650 ± 0.071 |",
-    "| mix_ln_alpha0.25 | 0.001 | 1/2 | — | — | — | — | — | — | 3.300 |",
+    "| mix_ln_alpha0.25 | 0.001 | 1/2 | 0/2 | — | — | — | — | — | — | 3.300 |",
     "",
     "- peri_ln: embedding norm on.",
     "- Excluded from every table: 1 failed run(s).",
@@ -143,70 +142,6 @@ def test_lr_rule_ties_and_train_loss_fallback():
     assert a.chosen[("peri_ln", "tiny")] == 0.003 and a.select_metric[("peri_ln", "tiny")] == "train_loss"
 
 
-def verdicts(rows):
-    return {c.id: c.check(A.Analysis(rows)) for c in C.CLAIMS}
-
-
-def test_claims_verdicts_on_constructed_data(runs_csv):
-    v = verdicts(R.read_runs(runs_csv))
-    # holds: 56.00 >= 47.00; 0.00 < 1.41 (and < half of it); 2.650 < 3.100; post 36 lowest
-    assert v["acc_peri_ge_pre"] == ("holds", "tiny: peri_ln 56.00 vs pre_ln 47.00")
-    assert v["std_peri_lt_pre"][0] == "holds" and v["std_halved"][0] == "holds"
-    assert v["loss_peri_lt_pre"] == ("holds", "tiny: peri_ln 2.650 vs pre_ln 3.100")
-    assert v["acc_post_lowest"][0] == "holds"
-    # does not hold: Var(L)/Var(1) is 4 for pre_ln, 16 for peri_ln; R² 0.893 < 0.9
-    assert v["var_pre_growth"] == ("does not hold", "tiny: pre_ln 4x vs peri_ln 16x ✗")
-    assert v["var_peri_linear"] == ("does not hold", "tiny: peri_ln R² 0.893 ✗")
-    # not measured: no diag/maxabs, no grad norms, no spike counts, no post_ln variance
-    for cid in ("var_post_flat", "maxabs_pre_growth", "fp16_margin", "grad_steadier", "post_vanishing",
-                "fewer_spikes"):
-        assert v[cid][0] == "not measured", cid
-    # pre_ln diverged at 0.01 (1 of 2), peri_ln did not
-    assert v["no_divergence"] == ("holds", "tiny LR 0.01: pre_ln 1/2 diverged, peri_ln 0/2")
-
-
-def test_claims_flip_and_vacuous_cases():
-    base = [_row("pre_ln", 0.001, s, eval_loss=3.0 + 0.1 * s, **{"diag/spikes": 2.0}) for s in (0, 1)]
-    peri = [_row("peri_ln", 0.001, s, eval_loss=2.0 + 0.4 * s, **{"diag/spikes": 0.0}) for s in (0, 1)]
-    v = verdicts(base + peri)
-    # std: peri 0.283 vs pre 0.0707 -> does not hold; loss 2.2 < 3.05 -> holds; spikes 0 <= 4 -> holds
-    assert v["loss_peri_lt_pre"][0] == "holds"
-    assert v["fewer_spikes"] == ("holds", "tiny: peri_ln 0 vs pre_ln 4")
-    # Pre-LN never diverged: the divergence claim cannot be tested
-    assert v["no_divergence"][0] == "not measured"
-    # equal stds are not "less": two pairs of seeds 0.01 apart
-    rows = [_row("pre_ln", 0.001, s, eval_loss=3.0, **{metric_key(t, AVERAGE_METRIC[t]): 0.45 + 0.01 * s
-                                       for t in PAPER_TASKS}) for s in (0, 1)]
-    rows += [_row("peri_ln", 0.001, s, eval_loss=3.0, **{metric_key(t, AVERAGE_METRIC[t]): 0.50 + 0.01 * s
-                                         for t in PAPER_TASKS}) for s in (0, 1)]
-    assert verdicts(rows)["std_peri_lt_pre"] == ("does not hold", "tiny: peri_ln 0.71 vs pre_ln 0.71 ✗")
-
-
-def test_massive_activation_and_gradient_claims():
-    def diag(arm, maxabs, grads, var):
-        d = {f"diag/maxabs/layer_{i:02d}": v for i, v in enumerate(maxabs)}
-        d.update({f"diag/grad_norm/block_{i + 1:02d}": g for i, g in enumerate(grads)})
-        d.update({f"diag/var/layer_{i:02d}": v for i, v in enumerate(var)})
-        return _row(arm, 0.001, 0, eval_loss=3.0, **d, **{"diag/fp16_overflow": 0.0})
-
-    rows = [diag("pre_ln", [1, 10, 100, 70000], [1.0, 2.0, 3.0], [1, 2, 8, 64]),
-            diag("peri_ln", [1, 10, 20, 30], [1.0, 1.0, 1.0], [1, 2, 3, 4]),
-            diag("post_ln", [1, 5, 5, 5], [0.1, 0.5, 1.0], [1, 1, 1.5, 1])]
-    v = verdicts(rows)
-    # max|x| layer 3 / layer 1: pre 7000 vs peri 3
-    assert v["maxabs_pre_growth"] == ("holds", "tiny: pre_ln 7e+03x vs peri_ln 3x")
-    # peri peak 30 < 65504 with no overflow; pre's 70000 is reported but is not Peri-LN's
-    assert v["fp16_margin"][0] == "holds" and "pre_ln: max|x| 7e+04" in v["fp16_margin"][1]
-    # coefficient of variation: peri 0 < pre (population std of 1,2,3 / 2 = 0.408)
-    assert v["grad_steadier"] == ("holds", "tiny: peri_ln 0.000 vs pre_ln 0.408")
-    # first/last block: post 0.1 < peri 1
-    assert v["post_vanishing"] == ("holds", "tiny: post_ln 0.1 vs peri_ln 1")
-    # variance: layers 1..3 of post 1, 1.5, 1 -> max/min 1.5 <= 2; peri 2,3,4 -> R² 1
-    assert v["var_post_flat"] == ("holds", "tiny: post_ln 1.5x")
-    assert v["var_peri_linear"] == ("holds", "tiny: peri_ln R² 1.000")
-    assert v["var_pre_growth"] == ("holds", "tiny: pre_ln 32x vs peri_ln 2x")
-
-
 def test_rebuild_is_byte_identical_and_commit_comes_from_the_records(runs_csv, tmp_path, monkeypatch):
     first = T.build(runs_csv, tmp_path / "a")
     # a copy elsewhere, built from another working directory: the same bytes
@@ -242,8 +177,9 @@ def test_latex_and_csv_outputs(runs_csv, tmp_path):
     assert rows["post_ln"]["avg5_std"] == "" and rows["mix_ln_alpha0.25"]["seeds_diverged"] == "1"
     with (tmp_path / "claims.csv").open() as fh:
         fh.readline()
-        claims = {r["id"]: r["verdict"] for r in csv.DictReader(fh)}
-    assert claims["var_pre_growth"] == "does not hold" and claims["no_divergence"] == "holds"
+        claims = {r["id"]: r["verdict"] for r in csv.DictReader(fh) if r["group"] == "overall"}
+    # a 3-layer model cannot test depth claims; pre_ln diverged 1/2 at LR 0.01 where peri_ln did not
+    assert claims["var_pre_exponential"] == "not testable here" and claims["no_divergence"] == "holds"
 
 
 def test_paper_comparison_shows_ours_theirs_and_the_difference(tmp_path):
@@ -323,9 +259,9 @@ def test_export_from_a_real_mlflow_store(tmp_path):
     cells = [RunConfig(placement="peri_ln", lr=0.003, seed=1, sweep="exp"),
              RunConfig(placement="mix_ln", placement_args={"alpha": 0.25}, lr=0.001, seed=0, sweep="exp")]
     for cfg in cells:
+        # identity is recorded as tags (RunConfig.identity); nothing reads it back out of the run key
         run_id = store.create_run(exp, cfg.key, tracking.flatten(cfg.to_dict()),
-                                  dict(sweep="exp", placement=cfg.placement, size=cfg.size, lr=str(cfg.lr),
-                                       seed=str(cfg.seed), git_commit="c0ffee" * 7, git_dirty="False"))
+                                  dict(cfg.identity, git_commit="c0ffee" * 7, git_dirty="False"))
         for step, loss in ((10, 5.0), (20, 4.0), (20, 3.9), (30, 3.5)):  # step 20 logged twice (resume)
             store.log_metrics(run_id, {"train/loss": loss}, step=step)
         store.log_metrics(run_id, {"val/loss": 3.6, "eval/piqa/acc_norm": 0.7, "diag/var/layer_01": 2.0},
