@@ -216,7 +216,8 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
     # the train loss stands in when the run recorded no validation loss
     unigram = getattr(data, "unigram_ce", None)
     final = metrics.get("val/loss", metrics.get("train/loss"))
-    result = dict(key=cfg.key, status=FAILED_TO_LEARN if failed_to_learn(final, unigram, trainer.global_step) else FINISHED,
+    learned = not failed_to_learn(final, unigram, trainer.global_step)
+    result = dict(key=cfg.key, status=FINISHED if learned else FAILED_TO_LEARN,
                   step=trainer.global_step, train_loss=metrics.get("train/loss"),
                   val_loss=metrics.get("val/loss"), unigram_ce=unigram, checkpoint=str(last),
                   seconds=round(time.perf_counter() - start, 2),

@@ -44,7 +44,8 @@ def test_a_run_that_cannot_learn_ends_as_failed_to_learn(tmp_path, one_thread):
     from suite.config import load_run_config
     from suite.train import train
 
-    over = [f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'runs'}", "train.progress_bar=false",
+    over = [f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'runs'}",
+            "train.progress_bar=false",
             "train.seq_len=16", "train.batch_size=2", "data.synthetic_docs=300", "train.max_steps=100",
             "train.val_every=100", "train.val_batches=1", "lr=1e-9", "diagnostics.every=100",
             "train.ckpt_every=100"]
