@@ -121,17 +121,16 @@ def _is_identity(m: nn.Module) -> bool:
 
 
 def _check_norm(arm: str, where: str, m: nn.Module, cfg: ModelConfig) -> None:
+    # a fixed input scale (LayerNorm Scaling) is the block's, not the norm's: checked per sub-layer
     if isinstance(m, OffsetRMSNorm):
-        kind, scale, eps = "rmsnorm", m.scale, m.eps
+        kind, eps = "rmsnorm", m.eps
     elif isinstance(m, Norm):
-        kind, scale, eps = m.kind, m.scale, m.eps
+        kind, eps = m.kind, m.eps
     else:
         raise _refuse(arm, f"{where} is a {type(m).__name__}, not an RMSNorm: no transformers counterpart")
     if kind != "rmsnorm":
         raise _refuse(arm, f"norm={kind!r} ({where}): the matching transformers architectures have "
                            "RMSNorm only; retrain with norm=rmsnorm")
-    if scale != 1.0:
-        raise _refuse(arm, f"{where} has a fixed output scale {scale:g}, which transformers cannot express")
     if eps != cfg.norm_eps:
         raise _refuse(arm, f"{where} has eps {eps:g} but the model's norm_eps is {cfg.norm_eps:g}; "
                            "transformers has one eps for every norm")
@@ -150,7 +149,7 @@ def choose_arch(model: Transformer) -> tuple[str, _Arch]:
     attn = blocks[0].attn if blocks else None
     if not isinstance(attn, Attention):
         raise _refuse(arm, "its attention is not the suite's Attention module")
-    qk = attn.qk_norm
+    qk = _qk_kind(attn)
     if qk not in family:
         names = {"none": "no QK-norm", "head": "per-head QK-norm (qk_norm=true)",
                  "full": "full-width QK-norm"}
@@ -169,7 +168,7 @@ def choose_arch(model: Transformer) -> tuple[str, _Arch]:
         for s in used:
             _check_norm(arm, f"block {i} {s}", getattr(block, s), cfg)
         a = block.attn
-        if not isinstance(a, Attention) or a.qk_norm != qk or not _is_identity(a.v_norm):
+        if not isinstance(a, Attention) or _qk_kind(a) != qk or not _is_identity(a.v_norm):
             raise _refuse(arm, f"block {i}'s attention differs from block 0's (QK/V norms)")
         if qk != "none":
             _check_norm(arm, f"block {i} q_norm", a.q_norm, cfg)
@@ -422,6 +421,13 @@ def _max_logit_diff(model: Transformer, hf_model: nn.Module, seed: int = 0) -> t
     ref = model(tokens).float()
     got = hf_model(input_ids=tokens).logits.float()
     return float((ref - got).abs().max()), float(ref.abs().max())
+
+
+def _qk_kind(attn: Attention) -> str:
+    """The suite attention's QK-norm as the mapping names it: "none", "head" (per head) or "full"."""
+    if not attn.qk_norm:
+        return "none"
+    return "full" if attn.qk_full_width else "head"
 
 
 def export_hf(source: Any, out_dir: str | Path, tokenizer: Any = None, *, prefix_eot: bool = False,
