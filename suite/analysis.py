@@ -25,9 +25,9 @@ ARM_ORDER = ("post_ln", "pre_ln", "peri_ln")  # the paper's order; other arms fo
 DASH = "—"  # a value not measured, as the tables and the claims' numbers print it
 
 LR_RULE = ("LR chosen per (placement, size): among the learning rates with no diverged seed, the one "
-           "with the lowest mean final eval loss over its seeds (ties: the smaller LR); if every LR has "
-           "a diverged seed, the one with the fewest, then the lowest mean eval loss. Final train loss "
-           "stands in where no run of that placement and size recorded an eval loss.")
+           "with the lowest mean final val loss over its seeds (ties: the smaller LR); if every LR has "
+           "a diverged seed, the one with the fewest, then the lowest mean val loss. Final train loss "
+           "stands in where no run of that placement and size recorded a val loss.")
 DIVERGENCE_RULE = ("Diverged seeds are kept and shown as k/n diverged (n = every seed that ran to its "
                    "end or diverged at that LR); they are excluded from mean ± std. Seeds that failed to "
                    f"learn ({FAILED_RULE}) are results: they enter mean ± std and are counted as k/n failed. "
@@ -135,7 +135,7 @@ class Analysis:
 
     # --- the LR rule
     def _choose(self, arm: str, size: str) -> tuple[float | None, str]:
-        metric = "eval_loss" if any(finite(r.get("eval_loss")) is not None
+        metric = "val_loss" if any(finite(r.get("val_loss")) is not None
                                     for r in self.runs(arm, size)) else "train_loss"
         best, best_key = None, None
         for lr in self.lrs(arm, size):

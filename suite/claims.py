@@ -615,7 +615,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("loss_peri_lt_pre", "Peri-LN reaches a lower validation loss (C4, 400M: 3.34 vs 3.43)",
            "secondary, low confidence", "final validation loss (nats/token)", CHOSEN,
            "Peri-LN - Pre-LN < 0", T,
-           at_chosen((("peri_ln", "pre_ln", "peri_ln"),), lambda r: finite(r.get("eval_loss")), False)),
+           at_chosen((("peri_ln", "pre_ln", "peri_ln"),), lambda r: finite(r.get("val_loss")), False)),
 )
 
 

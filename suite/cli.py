@@ -42,7 +42,7 @@ def _train(p: argparse.ArgumentParser) -> Handler:
                   if result.get("status") == "diverged" else "")
         val = "-" if result["val_loss"] is None else f"{result['val_loss']:.4f}"
         print(f"{result['key']}: {status}step {result['step']}, train loss {result['train_loss']:.4f}, "
-              f"eval loss {val}, {result['tokens_per_s'] or 0:,.0f} tokens/s; "
+              f"val loss {val}, {result['tokens_per_s'] or 0:,.0f} tokens/s; "
               f"run directory {cfg.run_dir}")
         return 0
 

@@ -24,7 +24,7 @@ from models.placements import get_placement
 from models.placements.base import coerce as scalar
 from suite.files import suggest
 
-# "auto": bf16-mixed on a CUDA GPU that supports bf16, else "32" (suite.train.resolve_precision)
+# "auto": bf16-mixed on a CUDA GPU that supports bf16, else "32" (suite.fastpath.resolve_precision)
 Precision = Literal["auto", "32", "bf16-mixed", "16-mixed"]
 Strategy = Literal["auto", "ddp", "fsdp"]
 
@@ -34,18 +34,18 @@ class DataConfig:
     # "synthetic" (built in), local files (a file, directory or glob of .txt/.jsonl/.json/.parquet,
     # optionally .gz/.xz compressed), or "hf:<dataset>[:<config>]" through `datasets`.
     source: str = "synthetic"
-    # held-out text for the eval loss: same forms as source; None holds out a slice of `source`
-    eval_source: str | None = None
-    eval_fraction: float = 0.01  # share of documents held out when eval_source is None
+    # held-out text for the val loss: same forms as source; None holds out a slice of `source`
+    val_source: str | None = None
+    val_fraction: float = 0.01  # share of documents held out when val_source is None
     # "byte", "tiktoken:<encoding>", "hf:<name>", or "files:<dir>" (GPT-2 style encoder.json +
     # vocab.bpe, vocab.json + merges.txt, or tokenizer.json)
     tokenizer: str = "byte"
     text_field: str = "text"
     split: str = "train"  # split of an hf: source
-    eval_split: str = "validation"  # split of an hf: eval_source
+    val_split: str = "validation"  # split of an hf: val_source
     streaming: bool = False  # stream an hf: source instead of downloading it whole
     max_tokens: int | None = None  # tokens taken from the training source (None: all)
-    eval_tokens: int = 1 << 18  # tokens kept for the eval loss
+    val_tokens: int = 1 << 18  # tokens kept for the val loss
     synthetic_docs: int = 20_000  # documents of the built-in synthetic corpus
     cache_dir: str = ".cache/periln"
     num_workers: int | None = None  # None: 2 on a CUDA GPU (ours), 0 on CPU (suite.data.loader_workers)
@@ -66,7 +66,7 @@ class TrainConfig:
     adam_eps: float = 1e-8
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
     precision: Precision = "auto"
-    val_every: int = 50  # steps between eval-loss measurements
+    val_every: int = 50  # steps between val-loss measurements
     val_batches: int = 4
     log_every: int = 10
     ckpt_every: int = 100
@@ -74,7 +74,7 @@ class TrainConfig:
     num_nodes: int = 1
     accelerator: str = "auto"
     strategy: Strategy = "auto"
-    # torch.compile of the model and loss; "auto": on for CUDA, off on CPU (suite.train.resolve_compile)
+    # torch.compile of the model and loss; "auto": on for CUDA, off on CPU (suite.fastpath.resolve_compile)
     compile: Literal["auto", True, False] = "auto"
     activation_checkpointing: bool = False  # recompute each block in the backward (saves memory)
     progress_bar: bool = True

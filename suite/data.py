@@ -35,7 +35,7 @@ from suite.tokenizer import Tokenizer, load_tokenizer
 
 SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB as uint16) per shard file
 FILE_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-SYNTHETIC_EVAL_SEED = 10**6  # held-out synthetic documents come from a seed no run uses
+SYNTHETIC_VAL_SEED = 10**6  # held-out synthetic documents come from a seed no run uses
 
 
 # ------------------------------------------------------------------------------------ documents
@@ -80,17 +80,17 @@ def _read_texts(ds: Iterable[dict], field: str, spec: str) -> Iterator[str]:
 
 
 def documents(spec: str, cfg: DataConfig, role: str) -> Iterator[str]:
-    """Document texts of a source; role 'train' or 'eval' picks the split or held-out share."""
+    """Document texts of a source; role 'train' or 'val' picks the split or held-out share."""
     import datasets  # heavy import: only when a real source is read
 
     if spec == "synthetic":
-        seed = 0 if role == "train" else SYNTHETIC_EVAL_SEED
+        seed = 0 if role == "train" else SYNTHETIC_VAL_SEED
         n = cfg.synthetic_docs if role == "train" else max(200, cfg.synthetic_docs // 50)
         yield from synthetic.documents(n, seed)
         return
     if spec.startswith("hf:"):
         name, _, config = spec[3:].partition(":")
-        split = cfg.split if role == "train" or spec != cfg.eval_source else cfg.eval_split
+        split = cfg.split if role == "train" or spec != cfg.val_source else cfg.val_split
         try:
             ds = datasets.load_dataset(name, config or None, split=split, streaming=cfg.streaming)
         except Exception as err:
@@ -102,12 +102,12 @@ def documents(spec: str, cfg: DataConfig, role: str) -> Iterator[str]:
     builder = _builder(paths, spec)
     ds = datasets.load_dataset(builder, data_files=paths, split="train", streaming=True)
     texts = _read_texts(ds, cfg.text_field, spec)
-    if cfg.eval_source is not None:  # a separate held-out source: this one is used whole
+    if cfg.val_source is not None:  # a separate held-out source: this one is used whole
         yield from texts
         return
-    every = max(2, round(1 / cfg.eval_fraction))  # document i is held out when i % every == 0
+    every = max(2, round(1 / cfg.val_fraction))  # document i is held out when i % every == 0
     for i, text in enumerate(texts):
-        if (i % every == 0) == (role == "eval"):
+        if (i % every == 0) == (role == "val"):
             yield text
 
 
@@ -128,7 +128,7 @@ def build_token_cache(spec: str, role: str, cfg: DataConfig, tok: Tokenizer) -> 
     if (final / "meta.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    limit = cfg.max_tokens if role == "train" else cfg.eval_tokens
+    limit = cfg.max_tokens if role == "train" else cfg.val_tokens
     dtype = np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
     try:
@@ -287,7 +287,7 @@ def loader_workers(cfg: RunConfig) -> int:
 
 
 class TokenData(L.LightningDataModule):
-    """Packed windows of the run's training source, and a fixed held-out set for the eval loss."""
+    """Packed windows of the run's training source, and a fixed held-out set for the val loss."""
 
     def __init__(self, cfg: RunConfig) -> None:
         super().__init__()
@@ -299,8 +299,8 @@ class TokenData(L.LightningDataModule):
     def caches(self) -> tuple[Path, Path]:
         d = self.cfg.data
         train = build_token_cache(d.source, "train", d, self.tokenizer)
-        eval_spec = d.eval_source or d.source
-        return train, build_token_cache(eval_spec, "eval", d, self.tokenizer)
+        val_spec = d.val_source or d.source
+        return train, build_token_cache(val_spec, "val", d, self.tokenizer)
 
     def prepare_data(self) -> None:
         self.caches()

@@ -1,8 +1,8 @@
 """Figures from the tidy CSVs (runs.csv, curves.csv; see suite/records.py), PNG and PDF.
 
-- loss_curves: train and eval loss against step, per placement at its chosen LR (the Table 1 rule),
+- loss_curves: train and val loss against step, per placement at its chosen LR (the Table 1 rule),
   mean over the finished seeds with a min-max band;
-- loss_vs_lr: final eval loss against LR per placement, mean ± std over finished seeds, diverged
+- loss_vs_lr: final val loss against LR per placement, mean ± std over finished seeds, diverged
   seeds marked;
 - layer_variance / layer_maxabs / layer_max_over_median / layer_grad_norm: the per-layer
   diagnostics at the last probe, per placement at its chosen LR, mean over seeds (only when the runs
@@ -92,7 +92,7 @@ def _mean_band(series: list[tuple[list[int], list[float]]]):
 
 
 def loss_curves(a: Analysis, curves: dict, out_dir: Path) -> list[Path]:
-    metrics = [(m, label) for m, label in (("train/loss", "train loss"), ("val/loss", "eval loss"))
+    metrics = [(m, label) for m, label in (("train/loss", "train loss"), ("val/loss", "val loss"))
                if any(m in c for c in curves.values())]
     if not metrics or not a.sizes:
         return []
@@ -127,7 +127,7 @@ def loss_vs_lr(a: Analysis, out_dir: Path) -> list[Path]:
     colors = _colors(a)
     fig, axes = _panels(len(a.sizes))
     for ax, size in zip(axes[0], a.sizes):
-        metric = "eval_loss"
+        metric = "val_loss"
         top = []
         for arm in a.arms(size):
             metric = a.select_metric[(arm, size)]

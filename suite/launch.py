@@ -207,7 +207,7 @@ class TrainJob(submitit.helpers.Checkpointable):
                  eval_spec: dict[str, Any] | None = None, threads: int | None = None) -> None:
         self.run, self.run_id, self.tracking_uri, self.cwd = run, run_id, tracking_uri, cwd
         self.eval_spec, self.threads = eval_spec, threads
-        self.callbacks: list[Callback] = []  # extra Lightning callbacks (suite.search: eval loss to Optuna)
+        self.callbacks: list[Callback] = []  # extra Lightning callbacks (suite.search: val loss to Optuna)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # Called by submitit's USR2 handler after SaveOnSignal saved last.ckpt: the same job runs

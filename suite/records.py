@@ -6,7 +6,7 @@ suite.tables, suite.figures); both are results in their own right, and `periln t
 runs.csv` rebuilds every table and figure from them without MLflow:
 
 - `runs.csv`: one row per run. Leading columns RUN_COLUMNS (identity, status, provenance, final
-  train/eval loss), then every other final metric of the run, sorted by name (`eval/<task>/<metric>`,
+  train/val loss), then every other final metric of the run, sorted by name (`eval/<task>/<metric>`,
   `diag/var/layer_03`, `diag/spikes`, ...). Empty cell = not recorded.
 - `curves.csv`: one row per logged point, columns CURVE_COLUMNS (key, metric, step, value), for the
   figures (loss curves).
@@ -30,14 +30,14 @@ from models import ConfigError
 RUN_COLUMNS: tuple[str, ...] = (
     "key", "sweep", "arm", "group", "placement", "placement_args", "variant", "size", "lr", "seed",
     "status", "diverged_step", "step", "n_layers", "d_model", "embed_norm", "tokenizer", "data_source",
-    "eval_source", "benchmark_data", "unigram_ce", "commit", "dirty", "train_loss", "eval_loss",
+    "val_source", "benchmark_data", "unigram_ce", "commit", "dirty", "train_loss", "val_loss",
     "tokens_per_s",
 )
 CURVE_COLUMNS: tuple[str, ...] = ("key", "metric", "step", "value")
 INT_COLUMNS = ("seed", "diverged_step", "step", "n_layers", "d_model")
-FLOAT_COLUMNS = ("lr", "unigram_ce", "train_loss", "eval_loss", "tokens_per_s")
+FLOAT_COLUMNS = ("lr", "unigram_ce", "train_loss", "val_loss", "tokens_per_s")
 # metrics mapped onto the leading columns (their final values) rather than repeated under their name
-FINAL_ALIASES = {"train/loss": "train_loss", "val/loss": "eval_loss", "train/tokens_per_s": "tokens_per_s"}
+FINAL_ALIASES = {"train/loss": "train_loss", "val/loss": "val_loss", "train/tokens_per_s": "tokens_per_s"}
 
 
 # --------------------------------------------------------------------------------------- reading
@@ -165,7 +165,7 @@ def run_row(run: dict[str, Any]) -> dict[str, Any]:
         n_layers=number("n_layers", int), d_model=number("d_model", int),
         embed_norm=None if embed is None else str(embed).lower() == "true",
         tokenizer=params.get("data.tokenizer", ""), data_source=params.get("data.source", ""),
-        eval_source=params.get("data.eval_source", "") if params.get("data.eval_source") != "None" else "",
+        val_source=params.get("data.val_source", "") if params.get("data.val_source") != "None" else "",
         benchmark_data=get("benchmark_data", ""), unigram_ce=number("unigram_ce", float),
         commit=get("git_commit") or get("commit") or "", dirty=get("git_dirty") or get("dirty") or "",
     )

@@ -5,7 +5,7 @@ tuning from the sweep's `search:` section (suite.sweep.SearchSpec); `periln subm
 --best-lr-from SWEEP --seeds N` then runs the seeds at each (placement, size)'s chosen rate.
 
 Studies. One per (placement, size) -- and variant, when the grid varies a field the run key does not
-name -- named `<sweep>/<placement[_args]>-<size>[-<variant>]`, minimizing the final eval loss
+name -- named `<sweep>/<placement[_args]>-<size>[-<variant>]`, minimizing the final val loss
 (`val_loss` in the run's result.json). Every trial is an ordinary run of the sweep: the cell at the
 trial's lr and the search seed, with its usual run key, run directory and MLflow run (tags `study`,
 `trial`, `run_key`; the trial holds `run_key` and `mlflow_run_id` as user attrs). A finished trial
@@ -19,11 +19,11 @@ trial's run.
   (constant liar, so parallel workers spread out) from the log range `search.lr`. The run uses the
   draw rounded to 3 significant digits (the run key names it; user attr `run_lr`).
 
-Outcomes (user attrs `outcome` and `reason`): finished -> COMPLETE with the eval loss; diverged
+Outcomes (user attrs `outcome` and `reason`): finished -> COMPLETE with the val loss; diverged
 (result status "diverged", suite/diagnostics.py) -> FAIL with the divergence reason, never a number;
-no-eval-loss (none logged, or not finite) -> FAIL; error (the run raised; `error` = the last line)
+no-val-loss (none logged, or not finite) -> FAIL; error (the run raised; `error` = the last line)
 -> FAIL; pruned -> PRUNED; interrupted (the worker died mid-trial) -> FAIL, found by the next
-`periln search`. A rerun of `periln search` keeps COMPLETE, PRUNED, diverged and no-eval-loss
+`periln search`. A rerun of `periln search` keeps COMPLETE, PRUNED, diverged and no-val-loss
 trials, leaves trials whose worker is alive alone, fails those of dead workers, and enqueues again
 the points left without a trial (errors and interruptions are retried; the run resumes from its
 last.ckpt).
@@ -38,7 +38,7 @@ Storage: Optuna's journal file (`JournalStorage(JournalFileBackend(path))`) work
 and nodes on a shared file system (the default, `<out_dir>/<sweep>/search/optuna.journal`); sqlite
 (`storage: sqlite`) for one machine.
 
-Pruning (off by default): Optuna's median pruner on the eval loss reported at every validation. It
+Pruning (off by default): Optuna's median pruner on the val loss reported at every validation. It
 stops trials early, so the chosen lr then comes from a different protocol than the paper's (full
 runs at every lr). A pruned run is left "interrupted" in MLflow and continues if submitted again.
 """
@@ -74,11 +74,11 @@ from suite.files import atomic_write_text, file_lock
 from suite.sweep import SearchSpec, Sweep
 from suite.train import finished_result
 
-OBJECTIVE = "val_loss"  # result.json field: the final eval loss
-SETTLED = ("finished", "diverged", "no-eval-loss", "pruned")  # outcomes a rerun keeps
+OBJECTIVE = "val_loss"  # result.json field: the final val loss
+SETTLED = ("finished", "diverged", "no-val-loss", "pruned")  # outcomes a rerun keeps
 RETRIED = ("error", "interrupted")  # outcomes a rerun enqueues again
 CSV_COLUMNS = ("sweep", "study", "arm", "placement", "placement_args", "size", "variant", "method",
-               "trial", "lr", "state", "eval_loss", "outcome", "reason", "run_key", "chosen")
+               "trial", "lr", "state", "val_loss", "outcome", "reason", "run_key", "chosen")
 UNLABELLED_GRACE_S = 600  # a RUNNING trial without worker info this old is taken as abandoned
 RUN_LR_DIGITS = 3  # tpe: significant digits of the lr a run uses (the run key names it)
 
@@ -245,7 +245,7 @@ def pop_trial(storage: optuna.storages.BaseStorage, study_names: Sequence[str]) 
 @dataclass
 class Outcome:
     """How a trial ended: `outcome` is finished (COMPLETE with `value`), pruned (PRUNED) or one of
-    diverged, no-eval-loss, error (FAIL, with `reason`)."""
+    diverged, no-val-loss, error (FAIL, with `reason`)."""
 
     outcome: str
     value: float | None = None
@@ -259,9 +259,9 @@ class Outcome:
             return cls("diverged", reason=str(result.get("diverged_reason") or "diverged"), attrs=attrs)
         value = result.get(OBJECTIVE)
         if value is None:
-            return cls("no-eval-loss", reason="the run logged no eval loss (val/loss)", attrs=attrs)
+            return cls("no-val-loss", reason="the run logged no val loss (val/loss)", attrs=attrs)
         if not math.isfinite(float(value)):
-            return cls("no-eval-loss", reason=f"eval loss is {value}", attrs=attrs)
+            return cls("no-val-loss", reason=f"val loss is {value}", attrs=attrs)
         return cls("finished", value=float(value), attrs=attrs)
 
 
@@ -346,8 +346,8 @@ class Pruned(SystemExit):
     records the run as interrupted (resumable), not failed."""
 
 
-class EvalLossToTrial(Callback):
-    """Report each eval loss to the trial (Optuna's intermediate values: the pruner's input and the
+class ValLossToTrial(Callback):
+    """Report each val loss to the trial (Optuna's intermediate values: the pruner's input and the
     intermediate-values plot); with pruning on, stop the run when the pruner says so (all ranks
     agree through one all-reduce)."""
 
@@ -368,7 +368,7 @@ class EvalLossToTrial(Callback):
         if self.prune and trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
-            loss = f" (eval loss {float(value):.4f})" if value is not None else ""
+            loss = f" (val loss {float(value):.4f})" if value is not None else ""
             raise Pruned(f"pruned by the median pruner at step {step}{loss}")
 
 
@@ -464,7 +464,7 @@ class TrialWorker(launch.Checkpointable):
             return Outcome.from_result(result)
         job = launch.TrainJob(cell.to_dict(), run_id, self.tracking_uri, self.cwd, self.sweep.get("eval"),
                               self.threads)
-        job.callbacks = [EvalLossToTrial(trial, spec.pruning)]
+        job.callbacks = [ValLossToTrial(trial, spec.pruning)]
         if world > 1:
             self._tell_followers({"cell": cell.to_dict(), "run_id": run_id, "prune": spec.pruning})
         try:
@@ -496,7 +496,7 @@ class TrialWorker(launch.Checkpointable):
                 return {"status": f"worker {self.index}: followed {n} trials"}
             job = launch.TrainJob(message["cell"], message["run_id"], self.tracking_uri, self.cwd,
                                   self.sweep.get("eval"), self.threads)
-            job.callbacks = [EvalLossToTrial(None, message["prune"])]
+            job.callbacks = [ValLossToTrial(None, message["prune"])]
             try:
                 job()
             except Pruned:
@@ -640,7 +640,7 @@ def search(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
                                    placement_args=dict(group.template.placement_args),
                                    size=group.template.size, variant=group.template.variant,
                                    method=spec.method, seed=group.template.seed,
-                                   objective="final eval loss (val/loss)").items():
+                                   objective="final val loss (val/loss)").items():
                 study.set_user_attr(key, value)
             state = reconcile(storage, study, group, spec)
             states.append(state)
@@ -692,7 +692,7 @@ class Best:
     study: str
     label: str
     lr: float | None  # None: no COMPLETE trial
-    eval_loss: float | None
+    val_loss: float | None
     trial: int | None
     complete: int
     failed: int  # FAIL or PRUNED
@@ -705,7 +705,7 @@ def _study_names(storage: optuna.storages.BaseStorage, prefix: str | None) -> li
 
 
 def best_of(study: optuna.Study) -> Best:
-    """The chosen lr: the COMPLETE trial with the lowest final eval loss (ties: the smaller lr)."""
+    """The chosen lr: the COMPLETE trial with the lowest final val loss (ties: the smaller lr)."""
     trials = study.get_trials(deepcopy=False)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     label = study.user_attrs.get("label") or study.study_name.split("/", 1)[-1]
@@ -793,7 +793,7 @@ def rows(sweep: Sweep) -> list[dict[str, Any]]:
                 placement_args=args,
                 size=ua.get("size", ""), variant=ua.get("variant", ""), method=ua.get("method", ""),
                 trial=t.number, lr=lr, state=t.state.name.lower(),
-                eval_loss=t.value if t.state == TrialState.COMPLETE else None,
+                val_loss=t.value if t.state == TrialState.COMPLETE else None,
                 outcome=t.user_attrs.get("outcome", ""), reason=t.user_attrs.get("reason", ""),
                 run_key=t.user_attrs.get("run_key", ""), chosen=int(t.number == best.trial)))
     out.sort(key=lambda r: (r["study"], r["lr"] if r["lr"] is not None else math.inf, r["trial"]))
@@ -806,7 +806,7 @@ def write_csv(table: Sequence[Mapping[str, Any]], path: Path) -> Path:
     w.writerow(CSV_COLUMNS)
     for r in table:
         w.writerow(["" if r[c] is None else f"{r[c]:.6g}" if c == "lr" else f"{r[c]:.6f}"
-                    if c == "eval_loss" else r[c] for c in CSV_COLUMNS])
+                    if c == "val_loss" else r[c] for c in CSV_COLUMNS])
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, buf.getvalue())
 
@@ -834,7 +834,7 @@ def plot(sweep: Sweep, out_dir: Path) -> list[Path]:
                                ("slice", lambda s: vis.plot_slice(s, params=["lr"]))):
                 ax = draw(study)
                 fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-                fig.suptitle(f"{name} ({kind}; objective: final eval loss)", fontsize=9)
+                fig.suptitle(f"{name} ({kind}; objective: final val loss)", fontsize=9)
                 path = out_dir / f"{label}-{kind}.png"
                 fig.savefig(path, dpi=110, bbox_inches="tight")
                 plt.close(fig)
@@ -860,7 +860,7 @@ def summary(sweep: Sweep) -> list[str]:
     lines = []
     for name in _study_names(storage, f"{sweep.name}/"):
         b = best_of(optuna.load_study(study_name=name, storage=storage))
-        chosen = f"best lr {b.lr:g} (eval loss {b.eval_loss:.4f}, trial {b.trial})" if b.lr is not None \
+        chosen = f"best lr {b.lr:g} (val loss {b.val_loss:.4f}, trial {b.trial})" if b.lr is not None \
             else "no finished trial"
         lines.append(f"{b.label:<36} {b.complete} complete, {b.failed} failed/pruned, {b.pending} pending; "
                      f"{chosen}")

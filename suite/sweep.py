@@ -64,7 +64,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 @dataclass(frozen=True)
 class EvalSpec:
     """The sweep's evaluation switch: when `tasks` is non-empty, every run that finishes is scored
-    with evals.evaluate_checkpoint and the scores are recorded with the run."""
+    with suite.evaluate.evaluate_checkpoint and the scores are recorded with the run."""
 
     tasks: tuple[str, ...] = ()
     limit: int | None = None  # examples per task (None: all)
@@ -95,7 +95,7 @@ class SearchSpec:
     # file system) | sqlite (<out_dir>/<name>/search/optuna.db, one machine) | a journal file path |
     # an sqlite:/// URL
     storage: str = "journal"
-    pruning: bool = False  # median pruner on intermediate eval loss: a change of protocol (README)
+    pruning: bool = False  # median pruner on intermediate val loss: a change of protocol (README)
     prune_startup_trials: int = 2  # finished trials in a study before the pruner acts (ours)
     prune_warmup_steps: int = 0  # steps of a trial before the pruner acts (ours)
     startup_trials: int = 4  # tpe: random trials before TPE models the loss (ours)

@@ -185,9 +185,9 @@ def table1(a: Analysis) -> TableSet:
     tag = " (synthetic)" if synthetic else ""
     caption = (("Benchmarks: " + SYNTHETIC_WARNING + " " if synthetic else "")
                + f"The paper's Table 1 layout: accuracy (%) per task ({acc_note}; zero-shot), their "
-               f"5-task average, and final eval loss; {STD_RULE} {LR_RULE} {DIVERGENCE_RULE}")
+               f"5-task average, and final val loss; {STD_RULE} {LR_RULE} {DIVERGENCE_RULE}")
     columns = ["placement", "LR", "diverged", "failed to learn", *(m + tag for m, _ in METRICS),
-               "5-task avg" + tag, "eval loss"]
+               "5-task avg" + tag, "val loss"]
     sections, csv_rows = [], []
     for size in a.sizes:
         rows = []
@@ -197,7 +197,7 @@ def table1(a: Analysis) -> TableSet:
             failed = a.failed(arm, size, lr) if lr is not None else a.failed(arm, size)
             stats = [a.stat(arm, size, col(k)) for _, k in METRICS]
             avg = a.stat(arm, size, paper_avg)
-            loss = a.stat(arm, size, col("eval_loss"))
+            loss = a.stat(arm, size, col("val_loss"))
             rows.append([arm, flr(lr), f"{div}/{n}", f"{failed}/{n}", *(fstat(s, 2, 100) for s in stats),
                          fstat(avg, 2, 100), fstat(loss, 3)])
             csv_rows.append([size, arm, fcsv(lr), str(n - div), str(div), str(failed), str(n),
@@ -210,13 +210,13 @@ def table1(a: Analysis) -> TableSet:
     metric_cols += ["avg5" + ("_synthetic" if synthetic else "")]
     csv_cols = ["size", "placement", "lr", "seeds_used", "seeds_diverged", "seeds_failed_to_learn", "seeds",
                 *(f"{m}_{s}" for m in metric_cols for s in ("mean", "std")),
-                "eval_loss_mean", "eval_loss_std"]
-    return TableSet("table1", "Table 1: downstream accuracy and eval loss", caption, sections, csv_cols,
+                "val_loss_mean", "val_loss_std"]
+    return TableSet("table1", "Table 1: downstream accuracy and val loss", caption, sections, csv_cols,
                     csv_rows, _embed_note(a) + _excluded_note(a))
 
 
 def lr_table(a: Analysis) -> TableSet:
-    caption = ("Learning-rate sensitivity: mean final eval loss over the finished seeds of each "
+    caption = ("Learning-rate sensitivity: mean final val loss over the finished seeds of each "
                "(placement, LR); (k/n div) = k of n seeds diverged, \"diverged\" = all of them; "
                f"bold = the LR chosen for Table 1. {LR_RULE}")
     sections, csv_rows = [], []
@@ -255,8 +255,8 @@ REFERENCE_COLUMNS = ("source", "quantity", "size", "placement", "value", "unit",
 QUANTITIES: dict[str, tuple[Callable[[dict], float | None], float, int]] = {
     # quantity in paper_reference.csv -> (per-run value, scale to the paper's unit, decimals)
     "5-task average": (paper_avg, 100.0, 2),
-    "eval loss": (col("eval_loss"), 1.0, 3),
-    "perplexity": (lambda r: None if finite(r.get("eval_loss")) is None else math.exp(r["eval_loss"]),
+    "val loss": (col("val_loss"), 1.0, 3),
+    "perplexity": (lambda r: None if finite(r.get("val_loss")) is None else math.exp(r["val_loss"]),
                    1.0, 2),
 }
 
@@ -278,8 +278,8 @@ def paper_table(a: Analysis, reference: Sequence[dict[str, str]]) -> TableSet:
     caption = ("Ours beside the published numbers (results/paper_reference.csv, with the confidence "
                "tags of PAPER.md: [paper] stated by the paper, [secondary] only in summaries). Ours = "
                "mean ± std over seeds at the LR chosen by the Table 1 rule; \"not run\" = no finished run "
-               "of that placement and size in this sweep. Our eval loss (and perplexity = exp of it, per "
-               "run) is on the sweep's own eval set and tokenizer (runs.csv columns eval_source, "
+               "of that placement and size in this sweep. Our val loss (and perplexity = exp of it, per "
+               "run) is on the sweep's own eval set and tokenizer (runs.csv columns val_source, "
                "tokenizer): comparable to the paper's C4 numbers only where both match.")
     columns = ["quantity", "size", "placement", "paper", "confidence", "ours", "seeds", "ours − paper",
                "source"]

@@ -27,7 +27,7 @@ def record(arm: str, lr: float, seed: int, *, size: str = "mini", n_layers: int 
     stays), median |x| = `median`; `var` and `grad` are per-layer lists (layers 0..L / blocks 1..L)."""
     placement = arm.split("-")[0]
     row = dict(key=f"{arm}-{size}-lr{lr:g}-s{seed}", sweep="t", arm=arm, placement=placement, size=size,
-               lr=lr, seed=seed, status=status, step=step, n_layers=n_layers, eval_loss=val_loss,
+               lr=lr, seed=seed, status=status, step=step, n_layers=n_layers, val_loss=val_loss,
                train_loss=val_loss, benchmark_data=bench)
     for layer in range(n_layers + 1):
         m = 1.0 if layer == 0 else maxabs

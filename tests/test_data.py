@@ -86,10 +86,10 @@ def test_local_files_train_and_held_out_split(tmp_path):
     docs = [f"document number {i} says hello." for i in range(100)]
     write_sources(tmp_path, docs)
     tok = load_tokenizer("byte")
-    cfg = DataConfig(source=str(tmp_path / "docs.jsonl.gz"), text_field="body", eval_fraction=0.1,
+    cfg = DataConfig(source=str(tmp_path / "docs.jsonl.gz"), text_field="body", val_fraction=0.1,
                      cache_dir=str(tmp_path / "cache"))
     train = PackedWindows(build_token_cache(cfg.source, "train", cfg, tok), 16)
-    held = PackedWindows(build_token_cache(cfg.source, "eval", cfg, tok), 16)
+    held = PackedWindows(build_token_cache(cfg.source, "val", cfg, tok), 16)
     def text(w):
         return bytes(t for t in np.concatenate([np.asarray(s) for s in w.shards]) if t < 256).decode()
 
@@ -105,7 +105,7 @@ def test_local_files_train_and_held_out_split(tmp_path):
 def test_text_and_parquet_sources(tmp_path, name, field):
     docs = [f"row {i}" for i in range(30)]
     write_sources(tmp_path, docs)
-    cfg = DataConfig(source=str(tmp_path / name), eval_source=str(tmp_path / name),
+    cfg = DataConfig(source=str(tmp_path / name), val_source=str(tmp_path / name),
                      cache_dir=str(tmp_path / "cache"))
     cache = build_token_cache(cfg.source, "train", cfg, load_tokenizer("byte"))
     assert json.loads((cache / "meta.json").read_text())["documents"] == 30

@@ -30,7 +30,7 @@ def test_demo_end_to_end_shortened(tmp_path, capsys, monkeypatch):
     assert sorted(rows) == ["peri_ln-tiny-lr0.003-s0", "pre_ln-tiny-lr0.003-s0"]
     for r in rows.values():
         assert r["status"] == "finished" and r["step"] == "60"
-        assert 0.0 <= float(r["eval/piqa/acc_norm"]) <= 1.0 and float(r["eval_loss"]) > 0
+        assert 0.0 <= float(r["eval/piqa/acc_norm"]) <= 1.0 and float(r["val_loss"]) > 0
         assert r["diag/var/layer_04"] and r["diag/grad_norm/block_04"]  # tiny: 4 blocks
     md = (out / "tables.md").read_text()
     assert "| pre_ln | 0.003 | 0/1 |" in md and "| peri_ln | 0.003 | 0/1 |" in md

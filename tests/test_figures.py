@@ -17,7 +17,7 @@ def write_records(folder, diagnostics=True):
                 key = f"{arm}-tiny-lr{lr:g}-s{seed}"
                 status = "diverged" if (arm == "pre_ln" and lr == 0.01) else "finished"
                 row = dict(key=key, arm=arm, placement=arm, size="tiny", lr=lr, seed=seed, status=status,
-                           eval_loss=2.0 + 0.2 * arm_i + 0.1 * seed + (0.3 if lr == 0.01 else 0.0),
+                           val_loss=2.0 + 0.2 * arm_i + 0.1 * seed + (0.3 if lr == 0.01 else 0.0),
                            commit="abc")
                 for step in range(0, 101, 10):
                     points.append((key, "train/loss", step, 5.0 - 0.02 * step + 0.1 * seed + 0.2 * arm_i))

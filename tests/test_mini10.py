@@ -59,14 +59,14 @@ def test_every_cell_has_the_issues_settings():
         assert t.precision == "auto" and t.compile == "auto"  # bf16-mixed and compiled on a GPU
         assert cell.diagnostics.enabled and cell.diagnostics.every == 20
         assert d.source == "data/corpus" and d.tokenizer == "files:data/tokenizer/gpt2"
-        assert d.eval_source is None and d.eval_fraction > 0  # held-out articles of the corpus
-        assert t.val_every <= t.max_steps and t.val_batches * t.batch_size * (t.seq_len + 1) <= d.eval_tokens
+        assert d.val_source is None and d.val_fraction > 0  # held-out articles of the corpus
+        assert t.val_every <= t.max_steps and t.val_batches * t.batch_size * (t.seq_len + 1) <= d.val_tokens
         assert d.max_tokens >= t.max_steps * t.batch_size * (t.seq_len + 1)  # no window seen twice
 
 
 def test_cells_run_at_tiny_size_on_the_synthetic_corpus(tmp_path, one_thread):
     tiny = ["size=tiny", "data.source=synthetic", "data.tokenizer=byte", "data.synthetic_docs=300",
-            "data.max_tokens=20000", "data.eval_tokens=4000", f"data.cache_dir={tmp_path / 'cache'}",
+            "data.max_tokens=20000", "data.val_tokens=4000", f"data.cache_dir={tmp_path / 'cache'}",
             f"out_dir={tmp_path / 'runs'}", "train.seq_len=32", "train.batch_size=4",
             "train.max_steps=4", "train.val_every=4", "train.val_batches=1", "train.ckpt_every=4",
             "train.log_every=2", "diagnostics.every=2"]

@@ -16,7 +16,7 @@ def test_unigram_cross_entropy_of_a_known_text(tmp_path):
     # document 0 ("zz") is held out; the training tokens of "aab" and "ba" are a a b <eot> b a <eot>:
     # p(a) = 3/7, p(b) = 2/7, p(eot) = 2/7; H = -(3/7 ln 3/7 + 2 x 2/7 ln 2/7)
     (tmp_path / "docs.jsonl").write_text('{"text": "zz"}\n{"text": "aab"}\n{"text": "ba"}\n')
-    cfg = DataConfig(source=str(tmp_path / "docs.jsonl"), eval_fraction=0.0001, cache_dir=str(tmp_path / "c"))
+    cfg = DataConfig(source=str(tmp_path / "docs.jsonl"), val_fraction=0.0001, cache_dir=str(tmp_path / "c"))
     cache = build_token_cache(cfg.source, "train", cfg, load_tokenizer("byte"))
     by_hand = -(3 / 7 * math.log(3 / 7) + 2 * (2 / 7) * math.log(2 / 7))
     assert json.loads((cache / "meta.json").read_text())["unigram_ce"] == pytest.approx(by_hand, rel=1e-12)

@@ -29,7 +29,7 @@ GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 
 def tiny_sweep(tmp_path, search_spec=None, lrs=(1e-3, 3e-3, 1e-2), overrides=None, seeds=(0,),
                placements=("pre_ln",)):
-    """A sweep of tiny runs (8 steps, eval loss at 4 and 8), all files under tmp_path."""
+    """A sweep of tiny runs (8 steps, val loss at 4 and 8), all files under tmp_path."""
     return sweep_from_dict({
         "name": "srch",
         "base": {"size": "tiny", "out_dir": str(tmp_path / "runs"),
@@ -149,7 +149,7 @@ def test_search_trains_each_lr_once_and_fails_the_diverged_one_with_its_reason(t
         run_dir = tmp_path / "runs" / "srch" / f"pre_ln-tiny-lr{lr:g}-s0"
         result = json.loads((run_dir / "result.json").read_text())
         assert by_lr[lr].state == TrialState.COMPLETE and by_lr[lr].value == result["val_loss"]
-        assert sorted(by_lr[lr].intermediate_values) == [4, 8]  # eval loss at each validation
+        assert sorted(by_lr[lr].intermediate_values) == [4, 8]  # val loss at each validation
 
     # every trial is an MLflow run linked by tags
     store = tracking.Store(ran.tracking_uri)
@@ -167,7 +167,7 @@ def test_search_trains_each_lr_once_and_fails_the_diverged_one_with_its_reason(t
     assert [r["state"] for r in written] == ["complete", "complete", "fail"]
     best = min((1e-3, 3e-3), key=lambda lr: by_lr[lr].value)
     assert [r["chosen"] for r in written] == ["1" if lr == best else "0" for lr in (1e-3, 3e-3)] + ["0"]
-    assert written[2]["eval_loss"] == "" and "loss above" in written[2]["reason"]
+    assert written[2]["val_loss"] == "" and "loss above" in written[2]["reason"]
     assert {p.name for p in files if p.suffix == ".png"} == {"pre_ln-tiny-history.png",
                                                               "pre_ln-tiny-slice.png"}
 
@@ -239,7 +239,7 @@ def test_best_lr_handoff_builds_the_seed_cells(tmp_path, capsys):
                 value=value, state=TrialState.COMPLETE if value is not None else TrialState.FAIL))
 
     best = search.best_lrs(sweep)
-    assert (best["pre_ln-tiny"].lr, best["pre_ln-tiny"].eval_loss) == (3e-3, 2.9)
+    assert (best["pre_ln-tiny"].lr, best["pre_ln-tiny"].val_loss) == (3e-3, 2.9)
     assert best["peri_ln-tiny"].lr == 3e-3  # 2.8 at 3e-3 and 1e-2: the smaller lr
 
     cells = search.seed_cells(sweep, sweep, [0, 1, 2])
