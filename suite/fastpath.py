@@ -15,6 +15,7 @@ bf16-mixed, optional activation checkpointing per block, and each block compiled
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,13 @@ def vocab_multiple(t: TrainConfig) -> int:
     return VOCAB_MULTIPLE_GPU if on_cuda(t) else 1
 
 
-def module_run(cfg: RunConfig) -> dict[str, Any]:
+def module_run(cfg: RunConfig) -> RunConfig:
     """The run as LitLM gets it (and its checkpoints keep it): on a GPU, unless the run sets
     model.pad_vocab_to itself, the vocabulary is padded to a multiple of 128."""
-    run = cfg.to_dict()
     multiple = vocab_multiple(cfg.train)
     if multiple > 1 and cfg.model.pad_vocab_to is None:
-        run["model"] = {**run["model"], "pad_vocab_to": multiple}
-    return run
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pad_vocab_to=multiple))
+    return cfg
 
 
 def use_compile_cache(cache_dir: str | Path) -> Path:

@@ -43,7 +43,7 @@ from lightning.pytorch.callbacks import Callback
 from submitit.slurm.slurm import SlurmExecutor
 
 from models import ConfigError
-from suite.config import RunConfig, read_yaml, run_config_from_dict
+from suite.config import RunConfig, read_yaml
 from suite.cost import resolve_budget
 from suite.files import suggest
 from suite.outcome import USED
@@ -203,7 +203,7 @@ Checkpointable = submitit.helpers.Checkpointable
 class TrainJob(submitit.helpers.Checkpointable):
     """One cell: train (or resume) it, record it in MLflow, score it when the sweep says so."""
 
-    def __init__(self, run: dict[str, Any], run_id: str | None, tracking_uri: str | None, cwd: str,
+    def __init__(self, run: RunConfig, run_id: str | None, tracking_uri: str | None, cwd: str,
                  eval_spec: dict[str, Any] | None = None, threads: int | None = None) -> None:
         self.run, self.run_id, self.tracking_uri, self.cwd = run, run_id, tracking_uri, cwd
         self.eval_spec, self.threads = eval_spec, threads
@@ -223,7 +223,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or None
         if threads:
             torch.set_num_threads(threads)
-        cfg = run_config_from_dict(self.run, "submitted run")
+        cfg = self.run  # the frozen RunConfig the sweep file was parsed into (pickled by submitit)
         last = (cfg.run_dir / "checkpoints" / "last.ckpt").resolve()
         on_slurm = "SLURM_JOB_ID" in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
         rank = global_rank(on_slurm)
@@ -483,7 +483,7 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
     if executor == "local":
         parallel = parallel or max(1, (os.cpu_count() or 1) // int(params.get("cpus_per_task", 1)))
         threads = max(1, (os.cpu_count() or 1) // parallel)
-    jobs = {c.key: TrainJob(c.to_dict(), None if dry_run else run_ids[c.key], None if dry_run else uri,
+    jobs = {c.key: TrainJob(c, None if dry_run else run_ids[c.key], None if dry_run else uri,
                             cwd, eval_spec, threads) for c in todo.submit}
 
     if executor == "slurm":

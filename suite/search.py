@@ -462,7 +462,7 @@ class TrialWorker(launch.Checkpointable):
                                            if v is not None}, step=result.get("step"))
                 store.set_status(run_id, result["status"], step=result.get("step"))
             return Outcome.from_result(result)
-        job = launch.TrainJob(cell.to_dict(), run_id, self.tracking_uri, self.cwd, self.sweep.get("eval"),
+        job = launch.TrainJob(cell, run_id, self.tracking_uri, self.cwd, self.sweep.get("eval"),
                               self.threads)
         job.callbacks = [ValLossToTrial(trial, spec.pruning)]
         if world > 1:
@@ -494,7 +494,9 @@ class TrialWorker(launch.Checkpointable):
             self.round += 1
             if message.get("done"):
                 return {"status": f"worker {self.index}: followed {n} trials"}
-            job = launch.TrainJob(message["cell"], message["run_id"], self.tracking_uri, self.cwd,
+            # the leader's cell arrives as plain data over the channel: parsed at that edge
+            cell = run_config_from_dict(message["cell"], "search channel")
+            job = launch.TrainJob(cell, message["run_id"], self.tracking_uri, self.cwd,
                                   self.sweep.get("eval"), self.threads)
             job.callbacks = [ValLossToTrial(None, message["prune"])]
             try:

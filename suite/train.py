@@ -6,6 +6,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,14 @@ def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
 class LitLM(L.LightningModule):
     """Next-token language modelling for any placement: the model comes from the run's config."""
 
-    def __init__(self, run: dict[str, Any], vocab_size: int) -> None:
+    def __init__(self, run: RunConfig | Mapping[str, Any], vocab_size: int) -> None:
         super().__init__()
+        # the frozen RunConfig travels here from the sweep file; only a checkpoint's hyperparameters
+        # (plain data) are parsed, at that edge
+        self.cfg = run if isinstance(run, RunConfig) else run_config_from_dict(
+            run, "checkpoint hyperparameters")
         # plain data, so checkpoints load without this code's classes (and hparams are readable)
-        self.save_hyperparameters()
-        self.cfg = run_config_from_dict(run, "checkpoint hyperparameters")
+        self.save_hyperparameters({"run": self.cfg.to_dict(), "vocab_size": vocab_size})
         self.model = build_model(self.cfg.model_config(vocab_size))
         # weight decay on 2-D weights only, decided before any wrapper (FSDP) flattens them
         self._decay = {n for n, p in self.named_parameters() if p.ndim >= 2}

@@ -69,10 +69,10 @@ def _stream(model, inputs):
 def test_the_gpu_pads_the_vocabulary_in_the_checkpointed_run_only():
     gpu = load_run_config(None, ["train.accelerator=gpu"])
     cpu = load_run_config(None, ["train.accelerator=cpu"])
-    assert fastpath.module_run(gpu)["model"] == {"pad_vocab_to": 128}
-    assert fastpath.module_run(cpu) == cpu.to_dict()
+    assert fastpath.module_run(gpu).to_dict()["model"] == {"pad_vocab_to": 128}
+    assert fastpath.module_run(cpu) == cpu
     own = load_run_config(None, ["train.accelerator=gpu", "model.pad_vocab_to=64"])
-    assert fastpath.module_run(own)["model"] == {"pad_vocab_to": 64}  # the run's own choice wins
+    assert fastpath.module_run(own).to_dict()["model"] == {"pad_vocab_to": 64}  # the run's own choice wins
     assert gpu.to_dict()["model"] == {}  # config.yaml and the MLflow params stay as given
 
     # a checkpoint's hyperparameters rebuild the padded shapes (how evals load a checkpoint)
