@@ -281,8 +281,11 @@ def paper_table(a: Analysis, reference: Sequence[dict[str, str]]) -> TableSet:
                "of that placement and size in this sweep. Our val loss (and perplexity = exp of it, per "
                "run) is on the sweep's own eval set and tokenizer (runs.csv columns val_source, "
                "tokenizer): comparable to the paper's C4 numbers only where both match.")
-    columns = ["quantity", "size", "placement", "paper", "confidence", "ours", "seeds", "ours − paper",
-               "source"]
+    synthetic = synthetic_benchmarks(a)
+    if synthetic:
+        caption = f"Benchmarks: {SYNTHETIC_WARNING} " + caption
+    columns = ["quantity", "size", "placement", "paper", "confidence",
+               "ours (accuracies synthetic)" if synthetic else "ours", "seeds", "ours − paper", "source"]
     rows, csv_rows = [], []
     for ref in reference:
         fn, scale, nd = QUANTITIES[ref["quantity"]]
