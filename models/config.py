@@ -32,7 +32,7 @@ class ModelConfig:
     d_ff: int | None = None  # None: SwiGLU's 8/3 * d_model rounded up to a multiple of 64
     max_seq_len: int = 256
     norm: NormKind = "rmsnorm"
-    norm_eps: float = 1e-5
+    norm_eps: float | None = None  # None: the placement's default (1e-5; OLMo 2 1e-6)
     placement: str = "pre_ln"
     placement_args: Mapping[str, Any] = field(default_factory=dict)
     embed_norm: bool | None = None  # None: the placement's default (on for Peri-LN)

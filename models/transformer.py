@@ -13,13 +13,15 @@ from models.placements import get_placement
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.cfg = cfg
         self.placement = get_placement(cfg.placement, **cfg.placement_args)
         p = self.placement
+        if cfg.norm_eps is None:  # the placement's default (OLMo 2's is 1e-6)
+            cfg = cfg.replace(norm_eps=p.norm_eps)
+        self.cfg = cfg
         self.embed = nn.Embedding(cfg.padded_vocab, cfg.d_model)
         self.embed_scale = p.embed_scale(cfg)
         use_embed_norm = p.embed_norm if cfg.embed_norm is None else cfg.embed_norm
-        self.embed_norm = p.make_norm(cfg, cfg.d_model) if use_embed_norm else nn.Identity()
+        self.embed_norm = p.make_embed_norm(cfg) if use_embed_norm else nn.Identity()
         self.blocks = nn.ModuleList(p.make_block(cfg, layer) for layer in range(1, cfg.n_layers + 1))
         self.final_norm = p.make_norm(cfg, cfg.d_model) if p.final_norm else nn.Identity()
         self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab, bias=False)

@@ -98,8 +98,8 @@ def test_lns_scale_lives_in_the_block_not_in_its_norms():
 def test_arguments_are_coerced_to_the_declared_type_once():
     args = get_placement("mix_ln").parse_args({"alpha": "1e-1"})  # YAML 1.1 reads 1e-1 as text
     assert args.alpha == 0.1 and type(args.alpha) is float
-    assert type(get_placement("dyt").parse_args({"alpha0": 2}).alpha0) is float
-    assert get_placement("hybridnorm").parse_args({}).star is True  # the declared default
+    assert type(get_placement("dyt").parse_args({"alpha0_attn": 2}).alpha0_attn) is float
+    assert get_placement("hybridnorm").parse_args({}).star is False  # the declared default
     with pytest.raises(dataclasses.FrozenInstanceError):
         args.alpha = 0.5
     assert get_placement("mix_ln", alpha="0.5").args.alpha == 0.5  # the constructor parses too
@@ -113,7 +113,8 @@ def test_arguments_are_coerced_to_the_declared_type_once():
     ("mix_ln", {"alpha": [0.1]}, "got [0.1] (type list, expected float)"),
     ("mix_ln", {"alpha": "2"}, "argument alpha must be a number in [0, 1] (the share of Post-LN "
      "blocks); got '2'"),
-    ("dyt", {"alpha0": "nan"}, "placement 'dyt': argument alpha0 must be a positive number; got 'nan'"),
+    ("dyt", {"alpha0_ffn": "nan"}, "placement 'dyt': argument alpha0_ffn must be a positive number; "
+     "got 'nan'"),
     ("hybridnorm", {"star": "yes"}, "placement 'hybridnorm': argument star must be true or false; "
      "got 'yes' (type str, expected bool)"),
     ("hybridnorm", {"star": 1}, "got 1 (type int, expected bool)"),

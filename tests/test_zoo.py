@@ -121,13 +121,35 @@ def norm(request):
 
 def test_olmo2_block(norm):
     N = norm_fn(norm)
-    m = model("olmo2", norm)
+    m = model("olmo2", norm, norm_eps=1e-5)  # the hand-written norms below use eps 1e-5
     b, x = m.blocks[1], x_in()
     h = x + N(attention(b.attn, x, qk="full"), b.attn_out_norm.weight)
     y = h + N(mlp(b.mlp, h), b.mlp_out_norm.weight)
     torch.testing.assert_close(b(x), y, **TOL)
     assert b.attn.q_norm.weight.shape == (D,)  # full width, not per head
     assert isinstance(m.embed_norm, torch.nn.Identity) and not isinstance(m.final_norm, torch.nn.Identity)
+
+
+def test_olmo2_norm_eps_defaults_to_1e_6_unless_the_run_sets_it():
+    m = build_model(ModelConfig(vocab_size=V, d_model=D, n_layers=2, n_heads=H, placement="olmo2"))
+    norms = [mod for mod in m.modules() if hasattr(mod, "eps")]
+    assert norms and all(mod.eps == 1e-6 for mod in norms) and m.cfg.norm_eps == 1e-6
+    m = build_model(ModelConfig(vocab_size=V, d_model=D, n_layers=2, n_heads=H, placement="olmo2",
+                                norm_eps=1e-5))
+    assert all(mod.eps == 1e-5 for mod in m.modules() if hasattr(mod, "eps"))
+    pre = build_model(ModelConfig(vocab_size=V, d_model=D, n_layers=2, n_heads=H))
+    assert all(mod.eps == 1e-5 for mod in pre.modules() if hasattr(mod, "eps"))  # the others: 1e-5
+
+
+def test_b2t_rescales_every_non_norm_block_weight_by_one_over_sqrt_depth():
+    # takase/b2t_connection `rescaling_init`: weights (not norms) of each layer x n_layers^-0.5
+    L = 16
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(vocab_size=512, d_model=256, n_layers=L, n_heads=4, placement="b2t"))
+    w = torch.cat([p.flatten() for b in m.blocks for n, p in b.named_parameters() if p.ndim >= 2])
+    assert w.std().item() == pytest.approx(0.02 / L ** 0.5, rel=0.02)
+    assert m.embed.weight.std().item() == pytest.approx(0.02, rel=0.02)  # outside the blocks: as is
+    assert all((p == 1).all() for b in m.blocks for n, p in b.named_parameters() if "norm" in n)
 
 
 def test_olmo2_init_is_truncated_normal_without_depth_scaling():
@@ -251,7 +273,7 @@ def test_b2t_block(norm):
 
 def test_hybridnorm_blocks(norm):
     N = norm_fn(norm)
-    m = model("hybridnorm", norm)
+    m = model("hybridnorm", norm, placement_args={"star": True})
     x = x_in()
     b = m.blocks[1]  # HybridNorm: QKV-norm attention on the raw stream, normalized residual in the MLP
     h = x + attention(b.attn, x, qk="head", v_norm=True)
@@ -260,8 +282,8 @@ def test_hybridnorm_blocks(norm):
     b = m.blocks[0]  # HybridNorm*: block 1 fully Pre-Norm, QKV-norm kept
     h = x + attention(b.attn, N(x, b.attn_in_norm.weight), qk="head", v_norm=True)
     torch.testing.assert_close(b(x), h + mlp(b.mlp, N(h, b.mlp_norm.weight)), **TOL)
-    # without the star, block 1 is a HybridNorm block like the others
-    b = model("hybridnorm", norm, placement_args={"star": False}).blocks[0]
+    # plain HybridNorm (the default, as the reference's 1.2B config): block 1 like the others
+    b = model("hybridnorm", norm).blocks[0]
     h = x + attention(b.attn, x, qk="head", v_norm=True)
     u = N(h, b.mlp_norm.weight)
     torch.testing.assert_close(b(x), u + mlp(b.mlp, u), **TOL)
@@ -269,7 +291,7 @@ def test_hybridnorm_blocks(norm):
 
 
 def test_dyt_replaces_every_norm():
-    m = model("dyt", placement_args={"alpha0": 0.8})
+    m = model("dyt", placement_args={"bias": True})  # random gains and betas: every slot shows
     b, x = m.blocks[1], x_in()
 
     def dyt(t, n):
@@ -279,12 +301,32 @@ def test_dyt_replaces_every_norm():
     torch.testing.assert_close(b(x), h + mlp(b.mlp, dyt(h, b.mlp_in_norm)), **TOL)
     tokens = torch.randint(0, V, (2, 7))
     logits, hidden = m(tokens, return_hidden=True)
+    torch.testing.assert_close(hidden[0], m.embed(tokens) * m.embed_norm.scale)  # h0 = s * embed
     torch.testing.assert_close(logits, m.lm_head(dyt(hidden[-1], m.final_norm)))
-    fresh = build_model(ModelConfig(vocab_size=V, d_model=D, n_layers=2, n_heads=H, placement="dyt"))
-    assert fresh.final_norm.alpha.item() == 0.5 and fresh.final_norm.alpha.numel() == 1  # scalar a
-    assert (fresh.final_norm.weight == 1).all() and (fresh.final_norm.bias == 0).all()
-    with pytest.raises(ConfigError, match="alpha0 must be a positive number"):
-        get_placement("dyt", alpha0=0)
+    with pytest.raises(ConfigError, match="alpha0_attn must be a positive number"):
+        get_placement("dyt", alpha0_attn=0)
+
+
+def test_dyt_language_model_recipe_at_init():
+    # the reference's LLaMA recipe: no beta, a0 = 0.8 (attention inputs) / 0.2 (MLP inputs, final
+    # norm), and s0 = sqrt(d) on the embedding
+    d, L = 256, 32
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(vocab_size=512, d_model=d, n_layers=L, n_heads=4, placement="dyt"))
+    assert all(b.attn_in_norm.alpha.item() == pytest.approx(0.8) for b in m.blocks)
+    assert all(b.mlp_in_norm.alpha.item() == pytest.approx(0.2) for b in m.blocks)
+    assert m.final_norm.alpha.item() == pytest.approx(0.2) and m.final_norm.bias is None
+    assert m.embed_norm.scale.item() == pytest.approx(d ** 0.5)
+    _, hidden = m(torch.randint(0, 512, (2, 64)), return_hidden=True)
+    # Var(h0) = (0.02 sqrt(d))^2 = 4e-4 d = 0.1024, where without the embedding scalar the stream
+    # starts (and, the blocks adding little at init, stays) at Var = 0.02^2 = 4e-4
+    assert hidden[0].var().item() == pytest.approx(4e-4 * d, rel=0.1)
+    assert hidden[-1].var().item() > hidden[0].var().item()
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(vocab_size=512, d_model=d, n_layers=L, n_heads=4, placement="dyt",
+                                    embed_norm=False))
+    _, hidden = plain(torch.randint(0, 512, (2, 64)), return_hidden=True)
+    assert hidden[-1].var().item() == pytest.approx(4e-4, rel=0.2)
 
 
 def test_pre_ln_embed_norm(norm):

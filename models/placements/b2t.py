@@ -1,7 +1,9 @@
+import math
+
 import torch
 from torch import nn
 
-from models.layers import MLP
+from models.layers import MLP, Norm
 from models.placements import BlockBase, Placement, register
 
 
@@ -27,12 +29,25 @@ class B2T(Placement):
     lower blocks without passing through the attention sub-layer's norm, which is what makes deep
     Post-LN vanish. The stream is normalized after every block, so there is no final norm.
 
-    Init: the default rule (N(0, init_std); `init_scheme` applies).
+    Init, as the reference (takase/b2t_connection, `rescaling_init`, applied whenever the B2T
+    connection is on): the default rule (N(0, init_std); `init_scheme` applies), then every
+    non-norm weight of every block multiplied by n_layers^(-1/2). Deviation: the reference starts
+    from fairseq's Xavier-uniform init, the suite from N(0, init_std) like every other arm.
     """
 
     source = ("Takase et al., B2T Connection: Serving Stability and Performance in Deep "
               "Transformers (arXiv 2206.00330, Findings of ACL 2023); takase/b2t_connection")
     final_norm = False
+
+    def init_weights(self, model: nn.Module, cfg) -> None:
+        super().init_weights(model, cfg)
+        factor = 1.0 / math.sqrt(cfg.n_layers)
+        with torch.no_grad():
+            for block in model.blocks:
+                norms = {id(p) for m in block.modules() if isinstance(m, Norm) for p in m.parameters()}
+                for p in block.parameters():
+                    if p.ndim >= 2 and id(p) not in norms:
+                        p.mul_(factor)
 
     def make_block(self, cfg, layer: int) -> B2TBlock:
         return B2TBlock(cfg, self.make_attention(cfg, layer),

@@ -83,6 +83,7 @@ class Placement:
     source: ClassVar[str] = ""
     embed_norm: ClassVar[bool] = False  # default of ModelConfig.embed_norm=None
     final_norm: ClassVar[bool] = True
+    norm_eps: ClassVar[float] = 1e-5  # default of ModelConfig.norm_eps=None (OLMo 2: 1e-6)
 
     def __init__(self, **args: Any) -> None:
         self.args = self.parse_args(args)
@@ -155,6 +156,10 @@ class Placement:
 
     def make_norm(self, cfg: ModelConfig, dim: int) -> nn.Module:
         return Norm(cfg.norm, dim, cfg.norm_eps)
+
+    def make_embed_norm(self, cfg: ModelConfig) -> nn.Module:
+        """What normalizes the embedding output when embed_norm is on (DyT: a learnable scalar)."""
+        return self.make_norm(cfg, cfg.d_model)
 
     def make_attention(self, cfg: ModelConfig, layer: int) -> nn.Module:
         """The attention sub-layer of block `layer` (OLMo 2 and HybridNorm add q/k/v norms)."""

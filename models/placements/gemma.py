@@ -8,8 +8,9 @@ from models.placements import BlockLayout, Placement, SubLayout, register
 
 
 class OffsetRMSNorm(nn.Module):
-    """Gemma's RMSNorm: x / rms(x) * (1 + w), w = 0 at init (a unit gain that weight decay pulls
-    towards one, not zero). Always RMS: Gemma has no LayerNorm variant, so `norm` does not apply."""
+    """Gemma's RMSNorm: x / rms(x) * (1 + w), w = 0 at init (a unit gain). Always RMS: Gemma has no
+    LayerNorm variant, so `norm` does not apply. (The suite decays 2-D weights only, so w is not
+    decayed here; where a trainer does decay it, (1 + w) is pulled towards one, not zero.)"""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()

@@ -30,8 +30,9 @@ class HybridNorm(Placement):
     """HybridNorm: h = x + Attn_qkv(x) (q, k, v RMS-normed per head), u = N(h), y = u + F_m(u).
 
     QKV-norm replaces the attention input norm; the MLP is "Post-Norm" in the paper's sense: the
-    normalized stream u is both the MLP input and the residual. With `star` (default true, the
-    paper's HybridNorm*), block 1 is Pre-Norm in both sub-layers, h = x + Attn(N(x)),
+    normalized stream u is both the MLP input and the residual: plain HybridNorm, as the
+    reference's 1.2B configuration. With `star` (default false; true = the paper's HybridNorm*),
+    block 1 is Pre-Norm in both sub-layers, h = x + Attn(N(x)),
     y = h + F_m(N(h)), keeping its QKV-norm (the reference's norm_pos_special_config for layer 0:
     attn_norm true, ffn_residual false). The stream after the last block is not normalized, so the
     final norm stays. q/k/v norms are RMSNorm over each head's dimension.
@@ -44,7 +45,7 @@ class HybridNorm(Placement):
 
     @dataclass(frozen=True)
     class Args:
-        star: bool = arg(True)
+        star: bool = arg(False)
 
     def pre_norm_block(self, layer: int) -> bool:
         return self.args.star and layer == 1

@@ -10,7 +10,8 @@ class OLMo2(Placement):
 
     Peri-LN without the input norms: each sub-layer sees the raw residual stream and only its output
     is normalized before the add. q and k are RMS-normalized over the whole projected width (all
-    heads together), not per head. Final norm before the LM head; no embedding norm.
+    heads together), not per head. Final norm before the LM head; no embedding norm. Norm eps 1e-6
+    by default (OLMo 2's layer_norm_eps; `model.norm_eps` overrides it).
 
     Init (OLMo 2, section 3.2): every weight from N(0, init_std) truncated at +-3 std; no depth
     scaling (OLMo 2 dropped its earlier scaled init), so `init_scheme` does not apply.
@@ -18,6 +19,8 @@ class OLMo2(Placement):
 
     source = ("OLMo et al., 2 OLMo 2 Furious (arXiv 2501.00656); OLMo-core "
               "ReorderedNormTransformerBlock")
+
+    norm_eps = 1e-6
 
     def layout(self, layer: int, n_layers: int) -> BlockLayout:
         sub = SubLayout(out_norm=True)
