@@ -188,6 +188,9 @@ def _submit(p: argparse.ArgumentParser) -> Handler:
                    "sqlite <out_dir>/mlflow.db)")
     p.add_argument("--parallel", type=int, help="local: cells at a time (default: CPUs / cpus_per_task)")
     p.add_argument("--wait", action="store_true", help="slurm: wait until every job has ended")
+    p.add_argument("--deadline", type=float, metavar="SECONDS",
+                   help="local: launch no cell that cannot end within SECONDS of the start (its time "
+                   "estimated from the cells that ended); running cells end; the rest stay queued")
     _best_lr_args(p)
 
     def run(args: argparse.Namespace) -> int:
@@ -195,15 +198,20 @@ def _submit(p: argparse.ArgumentParser) -> Handler:
         from suite.sweep import load_sweep
 
         sweep = _best_lr_sweep(load_sweep(args.sweep, args.overrides), args)
+        if args.parallel is not None and args.parallel < 1:
+            raise ConfigError(f"--parallel {args.parallel}: expected a number of cells >= 1")
+        if args.deadline is not None and not args.deadline > 0:
+            raise ConfigError(f"--deadline {args.deadline:g}: expected seconds > 0")
         sub = submit(sweep, args.executor, args.profile, args.only, args.dry_run, args.tracking_uri,
-                     parallel=args.parallel, progress=print)
+                     parallel=args.parallel, progress=print, deadline_s=args.deadline)
         for key, why in sub.plan.skip.items():
             print(f"skip   {key}: {why}")
         for cell in sub.plan.submit:
             what = "resume" if cell.key in sub.plan.resume else "new   "
             job = f"  (job {sub.job_ids[cell.key]})" if cell.key in sub.job_ids else ""
             print(f"{what} {cell.key}{job}")
-        print(f"{len(sub.plan.submit)} submitted, {len(sub.plan.skip)} skipped in {sub.seconds:.2f} s; "
+        late = f", {len(sub.not_started)} not started (deadline)" if sub.not_started else ""
+        print(f"{len(sub.plan.submit)} submitted, {len(sub.plan.skip)} skipped{late} in {sub.seconds:.2f} s; "
               f"MLflow store {sub.tracking_uri}")
         if args.dry_run:
             if sub.script:

@@ -22,6 +22,7 @@ constraint, setup, signal_delay_s, array_parallelism, additional_parameters, ...
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -320,6 +321,7 @@ class Submission:
     job_ids: dict[str, str] = field(default_factory=dict)  # key -> job id
     results: dict[str, dict] = field(default_factory=dict)  # local/debug: key -> result
     errors: dict[str, str] = field(default_factory=dict)  # local/debug: key -> last error line
+    not_started: dict[str, str] = field(default_factory=dict)  # local --deadline: key -> why
     script: str | None = None  # --dry-run: the sbatch script
     seconds: float = 0.0
     tracking_uri: str | None = None
@@ -429,9 +431,11 @@ def preflight(sweep: Sweep, cells: Iterable[RunConfig], executor: str,
 def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = None,
            only: list[str] | tuple[str, ...] = (), dry_run: bool = False, tracking_uri: str | None = None,
            folder: str | Path | None = None, parallel: int | None = None,
-           progress: Any = None) -> Submission:
+           progress: Any = None, deadline_s: float | None = None) -> Submission:
     """Submit the sweep's unfinished cells. local and debug block until every cell has ended;
-    slurm returns once the job array is queued. `progress(line)` receives status lines."""
+    slurm returns once the job array is queued. `progress(line)` receives status lines. Local:
+    `deadline_s` stops launching cells that cannot end within that many seconds of the start
+    (running ones end; the others stay queued for a resubmission)."""
     from suite import tracking
 
     say = progress or (lambda line: None)
@@ -481,8 +485,10 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
     sub.folder = (root / time.strftime("%Y%m%d-%H%M%S")).resolve() if not folder else root.resolve()
     threads = None
     if executor == "local":
-        parallel = parallel or max(1, (os.cpu_count() or 1) // int(params.get("cpus_per_task", 1)))
+        parallel = parallel or _default_parallel(todo.submit, params)
         threads = max(1, (os.cpu_count() or 1) // parallel)
+        if not dry_run:
+            _prepare_token_caches(todo.submit, say)
     jobs = {c.key: TrainJob(c, None if dry_run else run_ids[c.key], None if dry_run else uri,
                             cwd, eval_spec, threads) for c in todo.submit}
 
@@ -496,9 +502,45 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
     elif executor == "debug":
         _run_debug(sub, jobs, say)
     else:
-        _run_local(sub, jobs, params, parallel, say)
+        flops = {c.key: f for c, f in zip(todo.submit, _cell_flops(todo.submit))}
+        _run_local(sub, jobs, params, parallel, say, deadline_s=deadline_s, flops=flops)
     sub.seconds = time.perf_counter() - start
     return sub
+
+
+def _default_parallel(cells: list[RunConfig], params: Mapping[str, Any]) -> int:
+    """Cells at a time on this machine: one per CUDA device when the cells use the GPU (several
+    small cells can share one: say so with --parallel), else one per `cpus_per_task` cores."""
+    import torch
+
+    if torch.cuda.is_available() and any(c.train.accelerator != "cpu" for c in cells):
+        return max(1, torch.cuda.device_count())
+    return max(1, (os.cpu_count() or 1) // int(params.get("cpus_per_task", 1)))
+
+
+def _prepare_token_caches(cells: list[RunConfig], say) -> None:
+    """Build each distinct token cache once, here, before any cell starts: N cells started together
+    would otherwise tokenize the same data N times at once."""
+    from suite.data import TokenData
+
+    seen: set[str] = set()
+    for cell in cells:
+        sig = json.dumps(dataclasses.asdict(cell.data), sort_keys=True, default=str)
+        if sig in seen:
+            continue
+        seen.add(sig)
+        t0 = time.perf_counter()
+        TokenData(cell).prepare_data()
+        say(f"token cache ready for {cell.data.source} ({cell.data.tokenizer}) in "
+            f"{time.perf_counter() - t0:.1f} s")
+
+
+def _cell_flops(cells: list[RunConfig]) -> list[float]:
+    """Training FLOPs of each cell (suite.cost): the deadline scales finished cells' time by them."""
+    from suite import cost
+
+    estimates = cost.estimate(cells)
+    return [estimates[c.key].flops for c in cells]
 
 
 def _group_by_resources(cells: list[RunConfig], params: Mapping[str, Any], where: str):
@@ -581,25 +623,40 @@ def _run_debug(sub: Submission, jobs: dict[str, TrainJob], say) -> None:
 
 
 def _run_local(sub: Submission, jobs: dict[str, TrainJob], params: Mapping[str, Any], parallel: int,
-               say) -> None:
-    """N at a time on this machine; blocks until all have ended."""
+               say, deadline_s: float | None = None, flops: Mapping[str, float] | None = None) -> None:
+    """N at a time on this machine; blocks until all have ended. With `deadline_s`, a cell is
+    launched only if it can end in time: its expected duration is its FLOPs times the slowest
+    seconds-per-FLOP of the cells that ended so far (the first `parallel` cells start regardless:
+    nothing is known yet); cells not launched are listed in `sub.not_started`."""
     ex = submitit.AutoExecutor(folder=sub.folder / "%j", cluster="local")
     ex.update_parameters(timeout_min=int(params.get("timeout_min", DEFAULT_TIMEOUT_MIN)))
     pending = list(jobs.items())
-    running: dict[str, Any] = {}
+    running: dict[str, tuple[Any, float]] = {}
+    t0 = time.monotonic()
+    per_flop: list[float] = []  # seconds per FLOP of the cells that ended
     while pending or running:
         while pending and len(running) < parallel:
             key, job = pending.pop(0)
-            running[key] = ex.submit(job)
-            sub.job_ids[key] = running[key].job_id
+            left = None if deadline_s is None else deadline_s - (time.monotonic() - t0)
+            if left is not None and (left <= 0 or (per_flop and flops and key in flops
+                                                   and max(per_flop) * flops[key] > left)):
+                need = max(per_flop) * flops[key] if per_flop and flops and key in flops else 0.0
+                sub.not_started[key] = f"~{need:.0f} s needed, {max(left, 0):.0f} s left before the deadline"
+                say(f"{key}: not started ({sub.not_started[key]})")
+                continue
+            handle = ex.submit(job)
+            running[key] = (handle, time.monotonic())
+            sub.job_ids[key] = handle.job_id
         time.sleep(0.5)
-        for key, handle in list(running.items()):
+        for key, (handle, started) in list(running.items()):
             if not handle.done():
                 continue
             del running[key]
             try:
                 sub.results[key] = handle.result()
                 say(f"{key}: {sub.results[key].get('status', 'finished')}")
+                if flops and flops.get(key):
+                    per_flop.append((time.monotonic() - started) / flops[key])
             except Exception as err:
                 sub.errors[key] = _last_line(err)
                 say(f"{key}: failed: {sub.errors[key]}")
