@@ -530,7 +530,11 @@ def _prepare_token_caches(cells: list[RunConfig], say) -> None:
             continue
         seen.add(sig)
         t0 = time.perf_counter()
-        TokenData(cell).prepare_data()
+        try:
+            TokenData(cell).prepare_data()
+        except Exception as err:  # the cell's own job fails on it and is recorded as failed
+            say(f"token cache for {cell.data.source}: {_last_line(err)} (its cells will fail)")
+            continue
         say(f"token cache ready for {cell.data.source} ({cell.data.tokenizer}) in "
             f"{time.perf_counter() - t0:.1f} s")
 
