@@ -250,6 +250,17 @@ def _depth(rows: Sequence[dict]) -> int | None:
     return min(depths) if depths else None
 
 
+def _too_small(rows: Sequence[dict], min_depth: int | None, min_steps: int | None) -> str | None:
+    """Why a group of runs is too shallow or too short for a claim, or None."""
+    depth = _depth(rows)
+    if min_depth is not None and (depth is None or depth < min_depth):
+        return f"depth {depth or 'unrecorded'} < {min_depth} layers"
+    steps = [finite(r.get("step")) or 0 for r in rows]
+    if min_steps is not None and (not steps or min(steps) < min_steps):
+        return f"{min(steps, default=0):.0f} steps < {min_steps}"
+    return None
+
+
 def _untestable(claim: Claim, reason: str, groups: Sequence[Group] = ()) -> Result:
     return Result(claim, UNTESTABLE, tuple(groups), reason)
 
@@ -296,15 +307,8 @@ def matched(a: str, b: str, fn: Callable[[dict, Curves | None], float | None], t
         for size, lr in cells:
             label = f"{size} LR {_lr(lr)}"
             ra, rb = data.runs(a, size, lr, statuses), data.runs(b, size, lr, statuses)
-            depth = _depth(ra + rb)
-            if min_depth is not None and (depth is None or depth < min_depth):
-                groups.append(Group(label, UNTESTABLE, note=f"depth {depth if depth else 'unrecorded'} "
-                                                            f"< {min_depth} layers"))
-                continue
-            steps = [finite(r.get("step")) or 0 for r in ra + rb]
-            if min_steps is not None and (not steps or min(steps) < min_steps):
-                groups.append(Group(label, UNTESTABLE, note=f"{min(steps, default=0):.0f} steps "
-                                                            f"< {min_steps}"))
+            if why := _too_small(ra + rb, min_depth, min_steps):
+                groups.append(Group(label, UNTESTABLE, note=why))
                 continue
             if provoked is not None and (why := provoked(data, ra, rb)):
                 groups.append(Group(label, UNTESTABLE, note=why))
@@ -377,15 +381,8 @@ def one_arm(arm: str, fn: Callable[[dict], float | None], threshold: float, grea
         for size, lr in cells:
             label = f"{size} LR {_lr(lr)}"
             rows = data.runs(arm, size, lr, statuses)
-            depth = _depth(rows)
-            if min_depth is not None and (depth is None or depth < min_depth):
-                groups.append(Group(label, UNTESTABLE,
-                                    note=f"depth {depth or 'unrecorded'} < {min_depth} layers"))
-                continue
-            steps = [finite(r.get("step")) or 0 for r in rows]
-            if min_steps is not None and (not steps or min(steps) < min_steps):
-                groups.append(Group(label, UNTESTABLE,
-                                    note=f"{min(steps, default=0):.0f} steps < {min_steps}"))
+            if why := _too_small(rows, min_depth, min_steps):
+                groups.append(Group(label, UNTESTABLE, note=why))
                 continue
             q = _by_seed(rows, fn)
             iv = stats.mean_interval(list(q.values()))

@@ -132,10 +132,12 @@ def summary(result: dict[str, Any]) -> str:
     claims = []
     import csv
 
+    from suite.stats import UNTESTABLE
+
     with (out / "claims.csv").open(newline="") as fh:
         for row in csv.DictReader(line for line in fh if not line.startswith("#")):
             if row["group"] == "overall":
-                why = f" ({row['reason']})" if row["verdict"] == "not testable here" and row["reason"] else ""
+                why = f" ({row['reason']})" if row["verdict"] == UNTESTABLE and row["reason"] else ""
                 claims.append(f"  {row['verdict']:<18} {row['claim']}{why}")
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     runs_dir = Path(result["sweep"].out_dir)
