@@ -46,7 +46,7 @@ from lightning.pytorch.loggers import Logger
 
 from models import ConfigError
 from suite import cost
-from suite.config import RunConfig, load_run_config
+from suite.config import RunConfig, flatten, load_run_config
 from suite.data import StepSampler, TokenData
 
 CL100K_VOCAB = cost.KNOWN_VOCAB[cost.CL100K]  # the paper's tokenizer: 100352 rows once padded to 128
@@ -186,7 +186,7 @@ def _logger(kind: str, cfg: RunConfig) -> tuple[Any, Any]:
     store = tracking.Store(uri)
     exp = store.experiment_id(cfg.sweep, tracking.artifact_root(uri, cfg.out_dir))
     # a new record each time: a benchmark never resumes a run
-    run_id = tracking.open_run(store, exp, cfg.key, None, tracking.flatten(cfg.to_dict()),
+    run_id = tracking.open_run(store, exp, cfg.key, None, flatten(cfg.to_dict()),
                                {"sweep": cfg.sweep})
     store.set_status(run_id, "running")
     return store.logger(run_id), (store, run_id)

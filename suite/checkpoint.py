@@ -5,6 +5,7 @@ evals only scores the model and tokenizer it is handed."""
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,17 @@ def load_checkpoint(ckpt: str | Path) -> Loaded:
     if not ckpt.is_file():
         raise ConfigError(f"checkpoint {ckpt} not found")
     try:  # read once: LitLM.load_from_checkpoint would be a second full read to learn the step
-        data = torch.load(ckpt, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain data only (LitLM's hyperparameters are a dict), so a
+        # crafted .ckpt cannot run code here
+        data = torch.load(ckpt, map_location="cpu", weights_only=True)
         hp, state = data["hyper_parameters"], data["state_dict"]
         run, vocab_size = hp["run"], hp["vocab_size"]
+    except pickle.UnpicklingError as err:  # torch names what it refused on a line of its own
+        why = next((ln.strip() for ln in str(err).splitlines()
+                    if ln.startswith(("Trying to load unsupported", "Unsupported"))), "")
+        raise ConfigError(f"checkpoint {ckpt}: not a checkpoint of tensors and plain data"
+                          f"{f' ({why[:160]})' if why else ''}; periln does not unpickle anything else "
+                          "(it could run code): name a checkpoint saved by periln train") from None
     except Exception as err:
         first = str(err).splitlines()[0][:200] if str(err) else ""
         raise ConfigError(f"checkpoint {ckpt}: cannot read it as a periln training checkpoint "

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from models import ConfigError
 from suite import cost
+from suite.config import at_least
 
 Handler = Callable[[argparse.Namespace], int]
 COMMANDS: dict[str, Handler] = {}
@@ -33,10 +34,15 @@ def _train(p: argparse.ArgumentParser) -> Handler:
 
     def run(args: argparse.Namespace) -> int:
         from suite.config import load_run_config
-        from suite.train import train
+        from suite.train import Interrupted, train
 
         cfg = load_run_config(args.config, args.overrides)
-        result = train(cfg)
+        try:
+            result = train(cfg)
+        except Interrupted as err:  # SIGTERM: saved at a step boundary; the same command resumes
+            print(f"periln: {cfg.key}: {err}; run the same command again to resume "
+                  f"(run directory {cfg.run_dir})", file=sys.stderr)
+            return 143  # 128 + SIGTERM, as a shell reports a process the signal ended
         # a diverged run (suite/diagnostics.py) is a result, not an error: say so, exit 0
         status = (f"DIVERGED at step {result['diverged_step']} ({result['diverged_reason']}); "
                   if result.get("status") == "diverged" else "")
@@ -56,8 +62,9 @@ def _demo(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--sweep", default=None, help="sweep file (default sweeps/smoke.yaml)")
     p.add_argument("--only", action="append", default=[], metavar="field=value",
                    help="only the matching cells (repeatable), e.g. --only seed=0")
-    p.add_argument("--eval-limit", type=int, default=100, help="benchmark items per task (default 100)")
-    p.add_argument("--parallel", type=int, help="cells at a time (default: one per CPU core)")
+    p.add_argument("--eval-limit", type=at_least(1), default=100,
+                   help="benchmark items per task (default 100)")
+    p.add_argument("--parallel", type=at_least(1), help="cells at a time (default: one per CPU core)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="settings for every cell, e.g. train.max_steps=50")
 
@@ -95,7 +102,7 @@ def _placements(p: argparse.ArgumentParser) -> Handler:
 
 @command("sizes", "the model sizes with their dimensions and parameter counts", "periln sizes")
 def _sizes(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("--vocab", type=int, default=cost.KNOWN_VOCAB[cost.CL100K],
+    p.add_argument("--vocab", type=at_least(1), default=cost.KNOWN_VOCAB[cost.CL100K],
                    help="vocabulary for the total (cl100k_base)")
 
     def run(args: argparse.Namespace) -> int:
@@ -186,7 +193,8 @@ def _submit(p: argparse.ArgumentParser) -> Handler:
                    help="show what would be submitted (and the sbatch script); submit nothing")
     p.add_argument("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else "
                    "sqlite <out_dir>/mlflow.db)")
-    p.add_argument("--parallel", type=int, help="local: cells at a time (default: CPUs / cpus_per_task)")
+    p.add_argument("--parallel", type=at_least(1),
+                   help="local: cells at a time (default: CPUs / cpus_per_task)")
     p.add_argument("--wait", action="store_true", help="slurm: wait until every job has ended")
     p.add_argument("--deadline", type=float, metavar="SECONDS",
                    help="local: launch no cell that cannot end within SECONDS of the start (its time "
@@ -196,10 +204,9 @@ def _submit(p: argparse.ArgumentParser) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from suite.launch import cell_states, submit, wait
         from suite.sweep import load_sweep
+        from suite.tracking import redact
 
         sweep = _best_lr_sweep(load_sweep(args.sweep, args.overrides), args)
-        if args.parallel is not None and args.parallel < 1:
-            raise ConfigError(f"--parallel {args.parallel}: expected a number of cells >= 1")
         if args.deadline is not None and not args.deadline > 0:
             raise ConfigError(f"--deadline {args.deadline:g}: expected seconds > 0")
         sub = submit(sweep, args.executor, args.profile, args.only, args.dry_run, args.tracking_uri,
@@ -212,7 +219,7 @@ def _submit(p: argparse.ArgumentParser) -> Handler:
             print(f"{what} {cell.key}{job}")
         late = f", {len(sub.not_started)} not started (deadline)" if sub.not_started else ""
         print(f"{len(sub.plan.submit)} submitted, {len(sub.plan.skip)} skipped{late} in {sub.seconds:.2f} s; "
-              f"MLflow store {sub.tracking_uri}")
+              f"MLflow store {redact(sub.tracking_uri)}")
         if args.dry_run:
             if sub.script:
                 print(f"--- sbatch script (dry run, in {sub.folder}) ---\n{sub.script}")
@@ -237,7 +244,7 @@ def _best_lr_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--best-lr-from", nargs="?", const="", metavar="SEARCH",
                    help="the cells: each (placement, size) at the best lr of its study (periln search); "
                    "SEARCH: the search's sweep file (default: SWEEP itself) or its journal file")
-    p.add_argument("--seeds", type=int, metavar="N", help="with --best-lr-from: seeds 0..N-1 "
+    p.add_argument("--seeds", type=at_least(1), metavar="N", help="with --best-lr-from: seeds 0..N-1 "
                    "(default: the sweep's seeds)")
 
 
@@ -268,7 +275,7 @@ def _search(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--executor", default="local", help="local (this machine, default), debug "
                    "(in this process) or slurm (one job array of K workers)")
     p.add_argument("--profile", help="submitit parameters, e.g. slurm/profiles/local.yaml")
-    p.add_argument("--workers", type=int, metavar="K", help="worker jobs pulling trials (default: "
+    p.add_argument("--workers", type=at_least(1), metavar="K", help="worker jobs pulling trials (default: "
                    "the sweep's search.workers)")
     p.add_argument("--only", action="append", default=[], metavar="field=value",
                    help="only the studies of the matching cells, e.g. --only placement=peri_ln")
@@ -348,7 +355,7 @@ def _mlflow_ui(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="as for submit, e.g. out_dir=runs/x")
     p.add_argument("--out", default="runs", help="results directory without a SWEEP (default runs)")
     p.add_argument("--tracking-uri", help="store URI (default: MLFLOW_TRACKING_URI, else sqlite)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=at_least(1), default=5000)
 
     def run(args: argparse.Namespace) -> int:
         import os
@@ -357,9 +364,13 @@ def _mlflow_ui(p: argparse.ArgumentParser) -> Handler:
         from suite.sweep import load_sweep
 
         out = load_sweep(args.sweep, args.overrides).out_dir if args.sweep else args.out
-        cmd = mlflow_server_command(out, args.tracking_uri, args.port)
-        print(f"MLflow UI at http://127.0.0.1:{args.port} (Ctrl-C stops it):\n  {' '.join(cmd)}", flush=True)
-        os.execvp(cmd[0], cmd)
+        from suite.tracking import redact
+
+        cmd, env = mlflow_server_command(out, args.tracking_uri, args.port)
+        shown = " ".join(f"{k}={redact(v)}" for k, v in env.items())
+        print(f"MLflow UI at http://127.0.0.1:{args.port} (Ctrl-C stops it):\n  {shown} {' '.join(cmd)}",
+              flush=True)
+        os.execvpe(cmd[0], cmd, {**os.environ, **env})
 
     return run
 
@@ -437,11 +448,20 @@ def _human(n: float) -> str:
     return str(int(n))
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as the suite's other errors: one line (what, and where help is),
+    exit 2, instead of the usage block and the message."""
+
+    def error(self, message: str) -> None:
+        print(f"periln: error: {self.prog}: {message}; see `{self.prog} --help`", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `verb`'s arguments are set up (None: all), because a verb's set-up may
     import heavy modules (Lightning, lm-eval) that the other verbs and `--help` do not need."""
-    parser = argparse.ArgumentParser(prog="periln", description=" ".join(__doc__.split()))
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parser = Parser(prog="periln", description=" ".join(__doc__.split()))
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=Parser)
     handlers = {}
     for name, (help, example, setup) in COMMANDS.items():
         p = sub.add_parser(name, help=help, description=f"{help}\n\nexample:\n  {example}",

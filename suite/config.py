@@ -7,7 +7,10 @@ to the declared float/int type, anything else is rejected.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import hashlib
+import json
 import math
 import types
 import typing
@@ -196,6 +199,52 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(self)
+
+
+# Settings that never change what a run computes (where it lives, how its data loads, how it
+# prints): a run key may move between machines and folders with these changed. Every other setting
+# is the run's identity beside its key: a result or checkpoint is never reused under another.
+NOT_IDENTITY = ("out_dir", "data.cache_dir", "data.num_workers", "train.progress_bar")
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> {'train.max_steps': '200', ...}; an empty section stays visible as '{}'."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = "{}" if isinstance(value, Mapping) else str(value)
+    return out
+
+
+def run_settings(cfg: RunConfig) -> dict[str, str]:
+    """What a run computes from, flattened (the identity settings; token budgets resolved by the
+    caller: suite.cost.resolve_budget)."""
+    return {k: v for k, v in flatten(cfg.to_dict()).items() if k not in NOT_IDENTITY}
+
+
+def settings_sha(settings: Mapping[str, str]) -> str:
+    """A short hash of run settings, recorded with the run (result.json, the MLflow tag config_sha)."""
+    text = json.dumps(dict(sorted(settings.items())), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def setting_changes(recorded: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
+    """Identity settings that differ between a recorded run and the one now asked for, one line
+    each. A setting only one side has counts where a section writes only what a run sets (model,
+    placement_args); elsewhere it is a field another version of this code did not have."""
+    lines = []
+    for k in sorted(set(recorded) | set(now)):
+        if k in NOT_IDENTITY or recorded.get(k) == now.get(k):
+            continue
+        if k in recorded and k in now or k.startswith(SET_ONLY):
+            lines.append(f"{k}: recorded {recorded.get(k, 'unset')!r}, now {now.get(k, 'unset')!r}")
+    return lines
+
+
+SET_ONLY = ("model.", "placement_args.")
 
 
 def fmt_value(v: Any) -> str:
@@ -391,6 +440,21 @@ def run_config_from_dict(data: Mapping[str, Any], where: str) -> RunConfig:
     return cfg
 
 
+def at_least(minimum: int) -> Any:
+    """An argparse type: an integer >= `minimum` (a count: --batch-size, --parallel, --workers)."""
+    def count(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {value}")
+        return value
+
+    count.__name__ = f"integer >= {minimum}"
+    return count
+
+
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data
     *parents, last = dotted.split(".")
@@ -408,7 +472,15 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.max_steps=100")
         key, raw = item.split("=", 1)
-        set_dotted(out, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML "
+                              f"({getattr(err, 'problem', None) or 'unreadable'}); quote it, "
+                              f"e.g. {key}='\"...\"', or fix its brackets") from None
+        if not key.strip():
+            raise ConfigError(f"override {item!r}: no key before '='; e.g. train.max_steps=100")
+        set_dotted(out, key.strip(), value)
     return out
 
 
@@ -419,19 +491,28 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def read_yaml(path: str | Path) -> Any:
+def read_yaml(path: str | Path, mapping: bool = False) -> Any:
+    """A YAML file's data (an empty file: {}); `mapping`: its top level must be a mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; check the path")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        bad = err.object[err.start:err.start + 1]
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {bad!r}); save the file as "
+                          "UTF-8") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{at} not valid YAML ({getattr(err, 'problem', err)})") from None
+    if mapping and not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of settings (key: value lines) at the top level; "
+                          f"got a {type(data).__name__}")
+    return data
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    data = read_yaml(path) if path else {}
+    data = read_yaml(path, mapping=True) if path else {}
     data = deep_merge(data, parse_overrides(list(overrides)))
     return run_config_from_dict(data, str(path) if path else "command line")

@@ -97,7 +97,7 @@ def run_demo(out: str | Path = "results/demo", sweep_file: str | Path = SMOKE,
     bench = (out / "benchmarks").resolve()
     write_synthetic_benchmarks(bench, n=benchmark_items, tasks=PAPER_TASKS)
 
-    data = dict(read_yaml(sweep_file))
+    data = dict(read_yaml(sweep_file, mapping=True))
     if "eval" in data and data["eval"]:
         raise ConfigError(f"{sweep_file}: eval: the demo sets its own (offline benchmarks); remove it")
     data["eval"] = {"tasks": list(PAPER_TASKS), "limit": eval_limit, "data_dir": str(bench)}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from evals.tasks import ALL_TASKS, AVERAGE_KEY, AVERAGE_METRIC, PAPER_TASKS, TASKS, resolve_tasks
+from suite.config import at_least
 
 FILES_HELP = ", ".join(f"{TASKS[t].file_stem()}.jsonl.gz" for t in ALL_TASKS)
 RESULT_FILE = "eval.json"
@@ -75,8 +76,10 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"local task files (offline; hub access is switched off), named {FILES_HELP} "
                         "(.jsonl, .json or .parquet also read); `periln data fetch-benchmarks DIR` saves "
                         "them. Without it, lm-eval loads each task's dataset from the Hugging Face hub")
-    p.add_argument("--batch-size", type=int, default=32, help="requests per forward pass (default 32)")
-    p.add_argument("--num-fewshot", type=int, default=0, help="few-shot examples (default 0: zero-shot)")
+    p.add_argument("--batch-size", type=at_least(1), default=32,
+                   help="requests per forward pass (default 32)")
+    p.add_argument("--num-fewshot", type=at_least(0), default=0,
+                   help="few-shot examples (default 0: zero-shot)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="autocast precision of the forward pass (default float32)")

@@ -25,12 +25,10 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
@@ -44,7 +42,7 @@ from lightning.pytorch.callbacks import Callback
 from submitit.slurm.slurm import SlurmExecutor
 
 from models import ConfigError
-from suite.config import RunConfig, read_yaml
+from suite.config import RunConfig, flatten, read_yaml
 from suite.cost import resolve_budget
 from suite.files import suggest
 from suite.outcome import USED
@@ -136,67 +134,6 @@ def slurm_job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
-class Interrupted(SystemExit):
-    """Training stopped on a signal after saving last.ckpt at `step`; the job will run again."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(f"stopped at step {step} on a signal; last.ckpt saved")
-        self.step = step
-
-
-class SaveOnSignal(Callback):
-    """At the first step boundary after SIGTERM (Lightning notes it) or submitit's USR2 (deferred
-    here), save last.ckpt, then stop once that step's metrics are logged: on SIGTERM Lightning
-    raises SIGTERMException itself (SLURM already requeues or cancels the job); on USR2 this hands
-    over to submitit's handler (checkpoint(), requeue, exit) at the start of the next batch.
-    Saving in on_train_batch_end, where ModelCheckpoint saves, keeps the resume exact; under DDP
-    every rank agrees on the step through one all-reduce of the flag per step."""
-
-    def __init__(self, last: Path) -> None:
-        self.last = last
-        self.usr_signal: tuple[int, Any] | None = None
-        self.submitit_handler: Any = None
-        self.training = False
-        self.saved_step: int | None = None
-
-    def install(self) -> None:
-        sig = signal.SIGUSR2
-        previous = signal.getsignal(sig)
-        if callable(previous) and threading.current_thread() is threading.main_thread():
-            self.submitit_handler = previous
-            signal.signal(sig, self._defer)
-
-    def _defer(self, signum: int, frame: Any) -> None:
-        if self.training:
-            self.usr_signal = (signum, frame)
-        else:  # nothing to save: submitit's handler at once
-            self.submitit_handler(signum, frame)
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.training = True
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.training = False
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.saved_step is not None:
-            return
-        flag = self.usr_signal is not None or trainer.received_sigterm
-        if trainer.world_size > 1:
-            flag = trainer.strategy.reduce_boolean_decision(flag, all=False)
-        if flag:
-            trainer.save_checkpoint(self.last)
-            self.saved_step = trainer.global_step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self.saved_step is None:
-            return
-        self.training = False
-        if self.usr_signal is not None and self.submitit_handler is not None and trainer.global_rank == 0:
-            self.submitit_handler(*self.usr_signal)  # checkpoint(), requeue, sys.exit
-        raise Interrupted(self.saved_step)
-
-
 # a job that submitit requeues as it is, state included, on the timeout signal (suite.search's workers)
 Checkpointable = submitit.helpers.Checkpointable
 
@@ -218,14 +155,15 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         import torch
 
-        from suite.train import train
+        from suite.train import SaveOnSignal, train
 
         os.chdir(self.cwd)
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or None
         if threads:
             torch.set_num_threads(threads)
         cfg = self.run  # the frozen RunConfig the sweep file was parsed into (pickled by submitit)
-        last = (cfg.run_dir / "checkpoints" / "last.ckpt").resolve()
+        # the link itself, never resolved: a save replaces it (suite.train.save_last)
+        last = (cfg.run_dir / "checkpoints" / "last.ckpt").absolute()
         on_slurm = "SLURM_JOB_ID" in os.environ and os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
         rank = global_rank(on_slurm)
         store = logger = None
@@ -456,15 +394,18 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
     todo = plan(cells, records, executor)
     sub = Submission(plan=todo, executor=executor, tracking_uri=uri)
 
-    params_of = {c.key: tracking.flatten(resolve_budget(c).to_dict()) for c in todo.submit}
-    conflicts = []
-    for cell in todo.submit:
-        if cell.key in records:
-            for line in tracking.param_conflicts(records[cell.key], params_of[cell.key])[:3]:
-                conflicts.append(f"{sweep.path}: {cell.key}: {line}")
+    # every recorded cell, finished ones too: a result is never reused under other settings
+    params_of = {c.key: flatten(resolve_budget(c).to_dict()) for c in cells}
+    conflicts = {c.key: tracking.param_conflicts(records[c.key], params_of[c.key])
+                 for c in cells if c.key in records}
+    conflicts = {k: v for k, v in conflicts.items() if v}
     if conflicts:
-        raise ConfigError("\n".join(conflicts + [
-            "a run key keeps its settings for life: restore them, or use a new sweep name"]))
+        key, lines = next(iter(conflicts.items()))
+        others = f" and {len(conflicts) - 1} other cells" if len(conflicts) > 1 else ""
+        changed = "; ".join(lines[:2])
+        raise ConfigError(f"{sweep.path}: {key}{others} recorded with other settings ({changed}); "
+                          "a run key keeps its settings for life: restore them, or use a new sweep name "
+                          "(name: in the file) or another out_dir=DIR")
     if not todo.submit:
         sub.seconds = time.perf_counter() - start
         return sub
@@ -752,14 +693,16 @@ def cell_states(sweep: Sweep, tracking_uri: str | None = None) -> list[CellState
 
 
 def mlflow_server_command(out_dir: str | Path, tracking_uri: str | None = None,
-                          port: int = 5000) -> list[str]:
-    """The `mlflow server` command line for a results directory's store, UI on 127.0.0.1."""
+                          port: int = 5000) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow server` command line for a results directory's store, UI on 127.0.0.1, and the
+    environment it needs: the store URI travels there (MLFLOW_BACKEND_STORE_URI), not on the
+    command line, where `ps` would show any password in it."""
     from suite import tracking
 
     uri = tracking.store_uri(out_dir, tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--host", "127.0.0.1", "--port", str(port)]
+    tracking.check_store(uri)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
     if tracking._sqlite_path(uri):
         tracking.prepare_store(uri)
         cmd += ["--artifacts-destination", str(Path(out_dir).resolve() / "mlartifacts")]
-    return cmd
+    return cmd, {"MLFLOW_BACKEND_STORE_URI": uri}

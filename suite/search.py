@@ -30,7 +30,7 @@ last.ckpt).
 
 Workers: K jobs (`search.workers`, `--workers`) through suite.launch (local | debug | slurm job
 array), each pulling trials from every study of the sweep until all queues are empty. A worker is a
-Checkpointable: on SLURM's timeout signal the trial's run saves last.ckpt (suite.launch.SaveOnSignal)
+Checkpointable: on SLURM's timeout signal the trial's run saves last.ckpt (suite.train.SaveOnSignal)
 and the requeued worker continues that trial. With train.devices > 1, rank 0 pops and the job's other
 ranks follow through small files in the submitit folder.
 
@@ -68,7 +68,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from models import ConfigError
 from suite import launch
-from suite.config import RunConfig, run_config_from_dict
+from suite.config import RunConfig, flatten, run_config_from_dict
 from suite.cost import resolve_budget
 from suite.files import atomic_write_text, file_lock
 from suite.sweep import SearchSpec, Sweep
@@ -438,7 +438,7 @@ class TrialWorker(launch.Checkpointable):
         trial.set_user_attr("run_lr", cell.lr)
         trial.set_user_attr("run_key", cell.key)
         store, exp_id, key = ctx["store"], ctx["exp_id"], cell.key
-        params = tracking.flatten(resolve_budget(cell).to_dict())
+        params = flatten(resolve_budget(cell).to_dict())
         tags = tracking.run_tags(cell, self.sweep["path"], self.executor, ctx["git"],
                                  study=study.study_name, trial=trial.number, search_method=spec.method)
         rec = store.runs(exp_id).get(key)

@@ -20,12 +20,17 @@ waiting for a resubmission), finished, failed (tag `error`), diverged (train() s
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +43,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from models import ConfigError
+from suite.config import setting_changes
 from suite.files import file_lock
 
 if TYPE_CHECKING:
@@ -68,6 +74,47 @@ def store_uri(out_dir: str | Path, explicit: str | None = None) -> str:
     return f"sqlite:///{(Path(out_dir) / 'mlflow.db').resolve()}"
 
 
+# what MLflow's client can open (a bare path became sqlite in store_uri)
+SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def redact(uri: str) -> str:
+    """`uri` with its password (scheme://user:password@host) shown as ***: every URI this suite
+    prints or records goes through here."""
+    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", uri)
+
+
+def check_store(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, with one line, on a store MLflow cannot use: an unknown scheme, or a
+    server that does not answer (MLflow's own client retries for minutes before it gives up)."""
+    scheme = "databricks" if uri.startswith("databricks") else uri.split("://", 1)[0].split("+")[0]
+    if "://" not in uri and scheme != "databricks" or scheme not in SCHEMES:
+        raise ConfigError(f"tracking URI {redact(uri)}: unsupported scheme {scheme!r}; use a path or "
+                          "sqlite:///PATH (a local file), http(s)://HOST:PORT (an MLflow server) or a "
+                          "database URI (postgresql://, mysql://)")
+    if scheme not in ("http", "https"):
+        return
+    parts = urllib.parse.urlsplit(uri)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    request = urllib.request.Request(urllib.parse.urlunsplit(
+        (parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", "")))
+    if parts.username:
+        token = base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered (an auth proxy's 401, an old server without /health): reachable
+    except (urllib.error.URLError, OSError) as err:
+        why = getattr(err, "reason", err)
+        raise ConfigError(f"MLflow server {redact(uri)} does not answer within {timeout_s:g} s ({why}); "
+                          "start it (e.g. `mlflow server --port PORT`) or fix --tracking-uri / "
+                          "MLFLOW_TRACKING_URI") from None
+
+
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
@@ -95,18 +142,6 @@ def prepare_store(uri: str) -> None:
 
 
 # ----------------------------------------------------------------------------------- the records
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> {'train.max_steps': '200', ...}; an empty section stays visible as '{}'."""
-    out: dict[str, str] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = "{}" if isinstance(value, Mapping) else str(value)
-    return out
-
 
 @dataclass
 class RunRecord:
@@ -145,6 +180,7 @@ class Store:
     """The sweep's records in one MLflow tracking store."""
 
     def __init__(self, uri: str) -> None:
+        check_store(uri)
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
 
@@ -153,7 +189,7 @@ class Store:
                       create: bool = True) -> str | None:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None and exp.lifecycle_stage == "deleted":
-            raise ConfigError(f"MLflow experiment {name!r} in {self.uri} is deleted; restore it "
+            raise ConfigError(f"MLflow experiment {name!r} in {redact(self.uri)} is deleted; restore it "
                               f"(mlflow experiments restore --experiment-id {exp.experiment_id}) "
                               "or rename the sweep")
         if exp is not None:
@@ -234,9 +270,9 @@ class Store:
 
 
 def param_conflicts(record: RunRecord, params: Mapping[str, str]) -> list[str]:
-    """Settings that differ between an existing run and the cell now submitted under its key."""
-    return [f"{k}: recorded {record.params[k]!r}, now {v!r}" for k, v in params.items()
-            if k in record.params and record.params[k] != v]
+    """Identity settings that differ between an existing run and the cell now submitted under its
+    key (suite.config.setting_changes: where the run lives may change, what it computes may not)."""
+    return setting_changes(record.params, params)
 
 
 # tags an attempt refreshes on a record that exists already; the others name the run for life

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -15,15 +18,22 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 
-from models import build_model
+from models import ConfigError, build_model
 from models.loss import linear_cross_entropy
 from suite import fastpath
-from suite.config import RunConfig, run_config_from_dict
+from suite.config import (
+    RunConfig,
+    read_yaml,
+    run_config_from_dict,
+    run_settings,
+    setting_changes,
+    settings_sha,
+)
 from suite.cost import resolve_budget, tokens_per_step
 from suite.data import TokenData
 from suite.diagnostics import Diagnostics
 from suite.files import atomic_write_text
-from suite.outcome import DIVERGED, FAILED_TO_LEARN, FINISHED, USED, failed_to_learn
+from suite.outcome import DIVERGED, FAILED_TO_LEARN, FINISHED, INTERRUPTED, USED, failed_to_learn
 
 # NOTE: StepSampler resumes mid-epoch from the restored global step (suite/data.py), which
 # Lightning cannot see; its warning about non-resumable dataloaders does not apply here.
@@ -141,6 +151,78 @@ class Throughput(Callback):
             self._t0, self._step0 = now, step
 
 
+class Interrupted(SystemExit):
+    """Training stopped on a signal (after saving last.ckpt at `step`, when a step had ended); the
+    same command, or the job's requeue, resumes it. Exits non-zero."""
+
+    def __init__(self, step: int | None) -> None:
+        super().__init__(f"stopped at step {step} on a signal; last.ckpt saved" if step is not None
+                         else "stopped on a signal before a step ended; nothing saved")
+        self.step = step
+
+
+class SaveOnSignal(Callback):
+    """At the first step boundary after SIGTERM (Lightning notes it) or submitit's USR2 (deferred
+    here), save last.ckpt, then stop once that step's metrics are logged: on SIGTERM Lightning
+    raises SIGTERMException itself (SLURM already requeues or cancels the job); on USR2 this hands
+    over to submitit's handler (checkpoint(), requeue, exit) at the start of the next batch.
+    Saving in on_train_batch_end, where ModelCheckpoint saves, keeps the resume exact; under DDP
+    every rank agrees on the step through one all-reduce of the flag per step."""
+
+    def __init__(self, last: Path) -> None:
+        self.last = last
+        self.usr_signal: tuple[int, Any] | None = None
+        self.submitit_handler: Any = None
+        self.training = False
+        self.saved_step: int | None = None
+
+    def install(self) -> None:
+        sig = signal.SIGUSR2
+        previous = signal.getsignal(sig)
+        if callable(previous) and threading.current_thread() is threading.main_thread():
+            self.submitit_handler = previous
+            signal.signal(sig, self._defer)
+
+    def _defer(self, signum: int, frame: Any) -> None:
+        if self.training:
+            self.usr_signal = (signum, frame)
+        else:  # nothing to save: submitit's handler at once
+            self.submitit_handler(signum, frame)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.training = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.training = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.saved_step is not None:
+            return
+        flag = self.usr_signal is not None or trainer.received_sigterm
+        if trainer.world_size > 1:
+            flag = trainer.strategy.reduce_boolean_decision(flag, all=False)
+        if flag:
+            save_last(trainer, self.last)
+            self.saved_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.saved_step is None:
+            return
+        self.training = False
+        if self.usr_signal is not None and self.submitit_handler is not None and trainer.global_rank == 0:
+            self.submitit_handler(*self.usr_signal)  # checkpoint(), requeue, sys.exit
+        raise Interrupted(self.saved_step)
+
+
+def save_last(trainer: L.Trainer, last: Path) -> None:
+    """Save the trainer's state as last.ckpt. With save_last="link" last.ckpt may be a link to the
+    newest step<N>.ckpt: a file replaces the link, since saving through it would overwrite that
+    step's checkpoint with this one's state."""
+    if trainer.is_global_zero and last.is_symlink():
+        last.unlink()
+    trainer.save_checkpoint(last)
+
+
 def trainer_kwargs(cfg: RunConfig) -> dict[str, Any]:
     t = cfg.train
     return dict(
@@ -168,38 +250,113 @@ def finished_result(cfg: RunConfig) -> dict[str, Any] | None:
     return None
 
 
+def check_same_run(cfg: RunConfig) -> None:
+    """A run directory keeps the settings it was trained with: its result or checkpoint is never
+    reused, nor resumed, under a config that differs in anything that changes the run."""
+    path = cfg.run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    try:
+        recorded = resolve_budget(run_config_from_dict(read_yaml(path, mapping=True), str(path)))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: the recorded config of run {cfg.key} cannot be read "
+                          f"({str(err).splitlines()[0]}); move {cfg.run_dir} aside to start it "
+                          "again") from None
+    changes = setting_changes(run_settings(recorded), run_settings(cfg))
+    if changes:
+        more = f" (+{len(changes) - 2} more)" if len(changes) > 2 else ""
+        raise ConfigError(f"{cfg.run_dir}: run {cfg.key} was trained with other settings: "
+                          f"{'; '.join(changes[:2])}{more}; give this one its own place (a new "
+                          "sweep=NAME or out_dir=DIR), or restore the recorded settings")
+
+
+def readable_checkpoint(path: Path) -> str | None:
+    """None when `path` loads as a checkpoint of tensors and plain data, else why not."""
+    try:  # mmap: the check reads the archive's index, not the weights
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return None
+    except Exception as err:
+        text = str(err).strip().splitlines()
+        return f"{type(err).__name__}: {text[0][:160] if text else ''}"
+
+
+def _set_aside(path: Path) -> Path:
+    """`path` renamed beside itself (<name>.unreadable[.N]): never deleted, out of the resume's way."""
+    target = path.with_name(path.name + ".unreadable")
+    n = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.unreadable.{n}")
+        n += 1
+    path.rename(target)
+    return target
+
+
+def resume_point(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest readable checkpoint of a run (last.ckpt, else the highest step<N>.ckpt) and one
+    line per unreadable one, which is moved aside (a truncated or garbage file would otherwise fail
+    every resubmission)."""
+    notes: list[str] = []
+    last = ckpt_dir / "last.ckpt"
+    steps = sorted(ckpt_dir.glob("step*.ckpt"),
+                   key=lambda p: int(p.stem[4:]) if p.stem[4:].isdigit() else -1, reverse=True)
+    for path in [last, *steps]:
+        if path == last and last.is_symlink():
+            target = last.resolve()
+            if target.is_file() and readable_checkpoint(target) is None:
+                return last, notes
+            last.unlink()  # a link, not data: the file it names is handled as step<N>.ckpt
+            continue
+        if not path.is_file():
+            continue
+        why = readable_checkpoint(path)
+        if why is None:
+            return path, notes
+        notes.append(f"{path}: unreadable checkpoint ({why}); moved aside to {_set_aside(path).name}")
+    return None, notes
+
+
 def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
           plugins: list[Any] = (), data: TokenData | None = None) -> dict[str, Any]:
     """Train (or resume) one run in this process; returns its summary (also in result.json).
-    `data`: another data module of the same interface (periln bench: random tokens)."""
+    `data`: another data module of the same interface (periln bench: random tokens).
+    On SIGTERM (or submitit's USR2) last.ckpt is saved at the next step boundary, result.json says
+    `interrupted`, and Interrupted (a non-zero exit) is raised."""
     cfg = resolve_budget(cfg)
+    check_same_run(cfg)
     ended = finished_result(cfg)
     if ended is not None:  # nothing to do; re-fitting would rewrite result.json without metrics
         return ended
-    # data and tokenizer first: bad input fails here, before anything is written for the run
+    # bad input fails before anything is written for the run: data and tokenizer, then the model
     data = TokenData(cfg) if data is None else data
     data.prepare_data()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    # the module's own copy of the run carries the device's vocabulary padding (128 on a GPU), so
+    # a checkpoint rebuilds the same shapes anywhere; config.yaml keeps the run as given
+    lit = LitLM(fastpath.module_run(cfg), data.tokenizer.vocab_size)
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    # the module's own copy of the run carries the device's vocabulary padding (128 on a GPU), so
-    # a checkpoint rebuilds the same shapes anywhere; config.yaml keeps the run as given
-    lit = LitLM(fastpath.module_run(cfg), data.tokenizer.vocab_size)
     last = ckpt_dir / "last.ckpt"
+    resume, notes = resume_point(ckpt_dir) if ckpt_dir.is_dir() else (None, [])
+    for line in notes:
+        print(f"periln: {line}; resuming from {resume.name if resume else 'the start'}", file=sys.stderr)
     # save_last="link": last.ckpt is a symbolic link to the newest step<N>.ckpt, so each checkpoint
     # is written once (save_last=True wrote a second full copy every time)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="step{step}", auto_insert_metric_name=False,
                                  every_n_train_steps=cfg.train.ckpt_every, save_top_k=1, save_last="link")
     if logger is None:
         logger = L.pytorch.loggers.CSVLogger(run_dir, name="logs")
-    # every run gets the diagnostics (spikes, overflow, divergence) unless switched off
+    # every run gets the diagnostics (spikes, overflow, divergence) and a save on SIGTERM
     diag = next((c for c in callbacks if isinstance(c, Diagnostics)), None)
     if diag is None and cfg.diagnostics.enabled:
         diag = Diagnostics(cfg.diagnostics)
         callbacks = [*callbacks, diag]
+    saver = next((c for c in callbacks if isinstance(c, SaveOnSignal)), None)
+    if saver is None:
+        saver = SaveOnSignal(last)
+        callbacks = [*callbacks, saver]
     trainer = L.Trainer(
         default_root_dir=run_dir, logger=logger,
         callbacks=[checkpoint, LearningRateMonitor("step"),
@@ -207,15 +364,31 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
                    *fastpath.progress_callbacks(cfg.train), *callbacks],
         plugins=list(plugins) or None, **trainer_kwargs(cfg))
     start = time.perf_counter()
-    trainer.fit(lit, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    # weights_only: a checkpoint is tensors and plain data (LitLM's hyperparameters are a dict), so
+    # loading one never unpickles code
+    try:
+        trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
+    except SystemExit as err:  # Lightning's SIGTERMException, or submitit's exit after USR2
+        result = dict(key=cfg.key, status=INTERRUPTED, step=saver.saved_step,
+                      checkpoint=str(last) if saver.saved_step is not None else None,
+                      config_sha=settings_sha(run_settings(cfg)))
+        if trainer.global_rank == 0:
+            atomic_write_text(run_dir / "result.json", json.dumps(result, indent=1))
+        if isinstance(err, Interrupted) or type(err).__name__ != "SIGTERMException":
+            raise
+        raise Interrupted(saver.saved_step) from None
+    ended_by = diag.result_fields() if diag is not None else {}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    # a run whose last step is no multiple of val_every has not measured its final val loss
+    # (validate() replaces callback_metrics: the fit's are kept above)
+    if trainer.global_step % cfg.train.val_every and ended_by.get("status") != DIVERGED:
+        trainer.validate(lit, datamodule=data, verbose=False)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     # the final state, whatever the checkpoint interval, unless the periodic checkpoint that last.ckpt
     # links to is already this step's (decided from the callback's state, the same on every rank)
     this_step = (ckpt_dir / f"step{trainer.global_step}.ckpt").resolve()  # `filename`'s name for it
     if Path(checkpoint.best_model_path or "").resolve() != this_step:
-        if trainer.is_global_zero and last.is_symlink():
-            last.unlink()  # a file replaces the link: saving through it would overwrite step<N>.ckpt
-        trainer.save_checkpoint(last)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        save_last(trainer, last)
     # a run that ends no better than the token frequencies failed to learn (suite/outcome.py);
     # the train loss stands in when the run recorded no validation loss
     unigram = getattr(data, "unigram_ce", None)
@@ -225,9 +398,13 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
                   step=trainer.global_step, train_loss=metrics.get("train/loss"),
                   val_loss=metrics.get("val/loss"), unigram_ce=unigram, checkpoint=str(last),
                   seconds=round(time.perf_counter() - start, 2),
-                  tokens_per_s=metrics.get("train/tokens_per_s"))
-    if diag is not None:  # status "diverged" with diverged_step, spike and overflow counts
-        result.update(diag.result_fields())
+                  tokens_per_s=metrics.get("train/tokens_per_s"),
+                  config_sha=settings_sha(run_settings(cfg)))
+    if notes:
+        result["set_aside"] = notes
+    if resume is not None:
+        result["resumed_from"] = str(resume)
+    result.update(ended_by)  # status "diverged" with diverged_step, spike and overflow counts
     if trainer.global_rank == 0:
         atomic_write_text(run_dir / "result.json", json.dumps(result, indent=1))
     return result

@@ -3,15 +3,18 @@ final state saved as a file when no periodic checkpoint is at the last step, and
 through the link into a periodic checkpoint."""
 
 import os
+import signal
 
+import lightning as L
+import pytest
 import torch
 
 from suite.config import load_run_config
-from suite.train import train
+from suite.train import Interrupted, train
 
 
 def _step_in(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
 
 
 def test_last_is_a_link_when_the_final_step_is_a_checkpoint_step(tmp_path, run_overrides):
@@ -33,8 +36,29 @@ def test_final_state_is_a_file_and_the_periodic_checkpoint_is_untouched(tmp_path
     last = ckpts / "last.ckpt"
     assert not last.is_symlink() and _step_in(last) == 25
     assert _step_in(ckpts / "step20.ckpt") == 20  # not overwritten through a link
-    # a longer budget resumes from last.ckpt (step 25) and links last.ckpt again at step 30
-    longer = load_run_config(None, run_overrides + ["train.max_steps=30", "train.ckpt_every=10",
-                                                    "train.val_every=10"])
-    assert train(longer)["step"] == 30
+
+
+class _SigtermAt(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_save_on_sigterm_replaces_the_link_and_leaves_the_periodic_checkpoint(tmp_path, run_overrides):
+    cfg = load_run_config(None, run_overrides + ["train.max_steps=30", "train.ckpt_every=10",
+                                                 "train.val_every=10"])
+    try:
+        with pytest.raises(Interrupted):
+            train(cfg, [_SigtermAt(14)])  # last.ckpt links step10.ckpt when the signal comes
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ckpts = cfg.run_dir / "checkpoints"
+    last = ckpts / "last.ckpt"
+    assert not last.is_symlink() and _step_in(last) == 15  # the step the signal arrived in
+    assert _step_in(ckpts / "step10.ckpt") == 10  # not overwritten through the link
+    # the same run resumes from it and links last.ckpt again at its final checkpoint step
+    assert train(cfg)["step"] == 30
     assert last.is_symlink() and os.readlink(last) == "step30.ckpt" and _step_in(last) == 30

@@ -80,7 +80,7 @@ def test_snapshot_holds_the_verbs_and_flags_users_rely_on():
     assert {"train", "demo", "submit", "status", "tables", "placements", "sizes"} <= set(snap)
     demo = {a["dest"]: a for a in snap["demo"]}
     assert demo["out"]["flags"] == ["--out"] and demo["out"]["default"] == "results/demo"
-    assert demo["eval_limit"]["type"] == "int" and demo["eval_limit"]["default"] == 100
+    assert demo["eval_limit"]["type"] == "integer >= 1" and demo["eval_limit"]["default"] == 100
     assert demo["only"]["action"] == "Append" and demo["overrides"]["nargs"] == "*"
     assert {a["dest"]: a for a in snap["placements"]}["markdown"]["action"] == "StoreTrue"
 

@@ -2,6 +2,7 @@
 and local executors against a real MLflow sqlite store, a failing cell, and the paper grid's job
 array in --dry-run."""
 
+import json
 import os
 import signal
 import socket
@@ -17,9 +18,9 @@ from models import ConfigError
 from suite import tracking
 from suite.cli import main
 from suite.config import load_run_config
-from suite.launch import Interrupted, SaveOnSignal, alive_here, load_profile, resources, submit
+from suite.launch import alive_here, load_profile, resources, submit
 from suite.sweep import load_sweep
-from suite.train import train
+from suite.train import Interrupted, SaveOnSignal, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -113,14 +114,15 @@ def test_signal_saves_at_the_step_boundary_and_resume_is_exact(tmp_path, run_ove
     try:
         saver = SaveOnSignal(last)
         saver.install()
-        # SIGTERM: Lightning's own SIGTERMException after the step; USR2: ours, after the hand-over
         with pytest.raises(SystemExit) as info:
             train(cfg, [saver, SendSignal(9, sig)])
     finally:
         signal.signal(signal.SIGUSR2, previous)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    assert isinstance(info.value, Interrupted) == (sig == signal.SIGUSR2)
+    assert isinstance(info.value, Interrupted) and info.value.code  # a non-zero exit
     assert saver.saved_step == 10 and last.is_file()  # the step the signal arrived in, completed
+    recorded = json.loads((cfg.run_dir / "result.json").read_text())
+    assert (recorded["status"], recorded["step"]) == ("interrupted", 10)
     assert handed_over == ([signal.SIGUSR2] if sig == signal.SIGUSR2 else [])
     resumed = Losses()
     result = train(cfg, [resumed])
@@ -153,7 +155,12 @@ def test_debug_executor_records_each_cell_once_and_resubmission_skips(tmp_path, 
     out = capsys.readouterr().out
     assert status_rows(out) == {k: "finished" for k in recs} and "2 cells: 2 finished" in out
 
-    # a key keeps its settings: resubmitting it changed is an error, not a second run
+    # a key keeps its settings: resubmitting it changed is an error, not a second run, and not a
+    # silent skip of the finished cells either; where the runs live may change
+    with pytest.raises(ConfigError, match=r"and 1 other cells recorded with other settings "
+                       r"\(train.max_steps: recorded '20', now '30'\)"):
+        submit(load_sweep(path, ["train.max_steps=30"]), "debug")
+    assert submit(load_sweep(path, ["data.num_workers=0"]), "debug").plan.skip == {k: "finished" for k in recs}
     with pytest.raises(ConfigError, match=r"train.max_steps: recorded '20', now '30'"):
         _resubmit_changed(path)
 

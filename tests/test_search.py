@@ -17,6 +17,7 @@ from models import ConfigError
 from suite import launch, search, tracking
 from suite.cli import main
 from suite.sweep import sweep_from_dict
+from suite.train import Interrupted
 
 try:  # the session fixture that starts the single-node cluster of slurm/start-cluster.sh
     from test_slurm import PROFILE, TIMEOUT_S, slurm_cluster  # noqa: F401
@@ -188,7 +189,7 @@ def test_interrupted_search_resumes_without_redoing_finished_trials(tmp_path, mo
     def killed_on_second(cfg, *args, **kwargs):
         calls.append(cfg.key)
         if len(calls) in kill:
-            raise launch.Interrupted(3)  # what SIGTERM leaves behind: the trial RUNNING
+            raise Interrupted(3)  # what SIGTERM leaves behind: the trial RUNNING
         return real_train(cfg, *args, **kwargs)
 
     monkeypatch.setattr(suite.train, "train", killed_on_second)

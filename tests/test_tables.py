@@ -14,6 +14,7 @@ from suite import analysis as A
 from suite import records as R
 from suite import tables as T
 from suite.cli import main
+from suite.config import flatten
 
 # 4 arms x 2 LRs x 2 seeds at size tiny (+1 failed run). Hand-worked facts:
 # - post_ln: LR 0.001 eval 3.4, 3.6 (mean 3.5, std 0.141); LR 0.01 both diverged (+1 failed);
@@ -260,7 +261,7 @@ def test_export_from_a_real_mlflow_store(tmp_path):
              RunConfig(placement="mix_ln", placement_args={"alpha": 0.25}, lr=0.001, seed=0, sweep="exp")]
     for cfg in cells:
         # identity is recorded as tags (RunConfig.identity); nothing reads it back out of the run key
-        run_id = store.create_run(exp, cfg.key, tracking.flatten(cfg.to_dict()),
+        run_id = store.create_run(exp, cfg.key, flatten(cfg.to_dict()),
                                   dict(cfg.identity, git_commit="c0ffee" * 7, git_dirty="False"))
         for step, loss in ((10, 5.0), (20, 4.0), (20, 3.9), (30, 3.5)):  # step 20 logged twice (resume)
             store.log_metrics(run_id, {"train/loss": loss}, step=step)

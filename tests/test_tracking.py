@@ -10,6 +10,7 @@ import time
 import pytest
 
 from suite import tracking
+from suite.config import flatten
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_concurrent_first_use_creates_the_store_once(tmp_path):
 
 def test_run_record_params_tags_and_status(store):
     exp = store.experiment_id("sweep-a", None)
-    params = tracking.flatten({"lr": 0.001, "train": {"max_steps": 10, "precision": "32"},
+    params = flatten({"lr": 0.001, "train": {"max_steps": 10, "precision": "32"},
                                "placement_args": {}, "model": {"qk_norm": True}})
     assert params == {"lr": "0.001", "train.max_steps": "10", "train.precision": "32",
                       "placement_args": "{}", "model.qk_norm": "True"}
