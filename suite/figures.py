@@ -108,7 +108,8 @@ def loss_curves(a: Analysis, curves: dict, out_dir: Path) -> list[Path]:
                     continue
                 steps, mean, lo, hi = _mean_band(series)
                 lr = a.chosen[(arm, size)]
-                ax.plot(steps, mean, color=colors[arm], lw=1.4, label=f"{arm} (LR {lr:g}, n={len(series)})")
+                ax.plot(steps, mean, color=colors[arm], lw=1.4,
+                        label=f"{a.title(arm)} (LR {lr:g}, n={len(series)})")
                 ax.fill_between(steps, lo, hi, color=colors[arm], alpha=0.2, lw=0)
             ax.set_title(f"{label}, size {size}", fontsize=10)
             ax.set_xlabel("step")
@@ -144,13 +145,14 @@ def loss_vs_lr(a: Analysis, out_dir: Path) -> list[Path]:
                     div_x.append((lr, div, n))
             if xs:
                 ax.errorbar(xs, ys, yerr=errs, color=colors[arm], marker="o", ms=4, capsize=3, lw=1.4,
-                            label=arm)
+                            label=a.title(arm))
             for lr, div, n in div_x:
                 # diverged seeds: an x on the panel's top edge, labelled k/n
                 ax.plot([lr], [0.95], marker="x", color=colors[arm], ms=8, mew=2,
                         transform=ax.get_xaxis_transform())
-                ax.annotate(f"{arm} {div}/{n} diverged", (lr, 0.95), xycoords=ax.get_xaxis_transform(),
-                            xytext=(-6, -4), textcoords="offset points", fontsize=7, color=colors[arm],
+                ax.annotate(f"{a.title(arm)} {div}/{n} diverged", (lr, 0.95),
+                            xycoords=ax.get_xaxis_transform(), xytext=(-6, -4), textcoords="offset points",
+                            fontsize=7, color=colors[arm],
                             ha="right", va="top")
         ax.set_xscale("log")
         lrs = a.lrs(size=size)
@@ -182,7 +184,7 @@ def layer_figure(a: Analysis, out_dir: Path, stem: str, family: str, ylabel: str
             layers = sorted(prof)
             n = len(a.at_chosen(arm, size))
             ax.plot(layers, [prof[k] for k in layers], color=colors[arm], marker="o", ms=3, lw=1.4,
-                    label=f"{arm} (LR {a.chosen[(arm, size)]:g}, n={n})")
+                    label=f"{a.title(arm)} (LR {a.chosen[(arm, size)]:g}, n={n})")
         if log:
             _log_y(ax)
         unit = "block" if family.endswith("grad_norm") else "layer (0 = embedding output)"
@@ -224,7 +226,7 @@ def depth_over_training(a: Analysis, curves: dict, out_dir: Path) -> list[Path]:
                 if not series:
                     continue
                 steps, mean, lo, hi = _mean_band(series)
-                ax.plot(steps, mean, color=colors[arm], lw=1.4, marker="o", ms=3, label=arm)
+                ax.plot(steps, mean, color=colors[arm], lw=1.4, marker="o", ms=3, label=a.title(arm))
                 ax.fill_between(steps, lo, hi, color=colors[arm], alpha=0.2, lw=0)
             _log_y(ax)
             ax.set_xlabel("step")
