@@ -29,6 +29,21 @@ from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator  # noqa: E4
 from suite.analysis import ARM_ORDER, Analysis, Stat, finite  # noqa: E402
 from suite.records import read_curves, read_runs  # noqa: E402
 
+# what each figure shows, for captions outside the figure (the report); the rules are suite.analysis's
+CAPTIONS = {
+    "loss_curves": "Train and val loss against step per placement at its chosen LR (the Table 1 rule): "
+                   "mean over the finished seeds, band = min-max.",
+    "loss_vs_lr": "Final val loss against peak LR per placement: mean ± std over the finished seeds; "
+                  "x on the top edge = diverged seeds (k of n).",
+    "layer_variance": "Hidden-state variance per layer (0 = embedding output) at the last probe: chosen "
+                      "LR, mean over finished seeds.",
+    "layer_maxabs": "Max |activation| per layer at the last probe: chosen LR, mean over finished seeds.",
+    "layer_max_over_median": "Max / median |activation| per layer at the last probe: chosen LR, mean over "
+                             "finished seeds.",
+    "layer_grad_norm": "Gradient norm per block at the last probe: chosen LR, mean over finished seeds.",
+    "depth_over_training": "Variance and max |activation| of the last layer against step: chosen LR, mean "
+                           "and min-max over seeds.",
+}
 LAYER_FIGURES = (
     # (file stem, metric family, y label, log scale)
     ("layer_variance", "diag/var", "hidden-state variance", True),
