@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from models import ConfigError
 from models.placements import PLACEMENTS
 from suite import tables
 from suite.analysis import Analysis
@@ -27,7 +26,7 @@ from suite.claims import CSV_COLUMNS as CLAIM_COLUMNS
 from suite.figures import CAPTIONS as FIGURE_CAPTIONS
 from suite.files import atomic_write_text
 from suite.outcome import USED
-from suite.records import read_curves, read_runs
+from suite.stats import FAILS, HOLDS, INCONCLUSIVE, UNTESTABLE
 
 REPORT = "report.html"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -55,8 +54,8 @@ details { margin: .3em 0 1em; } summary { cursor: pointer; color: #0969da; }
 """
 # a number as the tables print one: "2.650 ± 0.071", "0/2", "+1.31", "0.01 (largest tried)"
 NUMBER = re.compile(r"^[+\-−]?\d[\d.,/e+\-]*( ± [\d.]+)?( \([^)]*\))?$")
-VERDICT_CLASS = {"holds": "v-holds", "does not hold": "v-fails", "inconclusive": "v-inconclusive",
-                 "not testable here": "v-untestable"}
+VERDICT_CLASS = {HOLDS: "v-holds", FAILS: "v-fails", INCONCLUSIVE: "v-inconclusive",
+                 UNTESTABLE: "v-untestable"}
 
 
 def esc(x: Any) -> str:
@@ -91,15 +90,11 @@ def html_table(columns: Sequence[str], rows: Sequence[Sequence[tables.Cell | str
 
 
 def _notes(notes: Sequence[str]) -> str:
-    out = []
-    for n in notes:
-        if n.startswith("WARNING: "):
-            out.append(f'<div class="warn">⚠ {esc(n[len("WARNING: "):])}</div>')
-        else:
-            out.append(f"<li>{esc(n)}</li>")
-    items = [o for o in out if o.startswith("<li>")]
-    warns = [o for o in out if not o.startswith("<li>")]
-    return "".join(warns) + (f"<ul>{''.join(items)}</ul>" if items else "")
+    """A table's notes: its warnings as boxes first, the other notes as a list."""
+    warns = [n.removeprefix(tables.WARNING) for n in notes if n.startswith(tables.WARNING)]
+    items = [n for n in notes if not n.startswith(tables.WARNING)]
+    return ("".join(f'<div class="warn">⚠ {esc(w)}</div>' for w in warns)
+            + (f"<ul>{''.join(f'<li>{esc(n)}</li>' for n in items)}</ul>" if items else ""))
 
 
 def table_section(t: tables.TableSet, anchor: str, setting: str = "", extra: str = "",
@@ -286,12 +281,7 @@ def build(runs_csv: str | Path, out_dir: str | Path, figures: Sequence[Path] = (
     from suite import cost
 
     runs_csv, out_dir = Path(runs_csv), Path(out_dir)
-    rows = read_runs(runs_csv)
-    if not rows:
-        raise ConfigError(f"{runs_csv}: no runs")
-    curves_csv = runs_csv.with_name("curves.csv")
-    curves = read_curves(curves_csv) if curves_csv.is_file() else None
-    reference_rows = tables.read_reference(reference or tables.DEFAULT_REFERENCE)
+    rows, curves, reference_rows = tables.load(runs_csv, reference)
     name = sweep.name if sweep is not None else _values([r.get("sweep") for r in rows])
     sweep_file = Path(sweep.path) if sweep is not None and Path(sweep.path).is_file() else None
     per_step = {c.key: cost.tokens_per_step(c) for c in sweep.cells} if sweep is not None else {}

@@ -221,8 +221,11 @@ def table1(a: Analysis) -> TableSet:
                     csv_rows, _embed_note(a) + _excluded_note(a) + _edge_note(a))
 
 
+WARNING = "WARNING: "  # a note that is a warning (the report shows it as one)
+
+
 def _edge_note(a: Analysis) -> list[str]:
-    return [f"WARNING: {w}" for w in a.edge_warnings()]
+    return [WARNING + w for w in a.edge_warnings()]
 
 
 def lr_table(a: Analysis) -> TableSet:
@@ -374,16 +377,23 @@ def build_tables(rows: list[dict[str, Any]], reference: Sequence[dict[str, str]]
     return [table1(a), lr_table(a), paper_table(a, reference), claims_table(a, curves)]
 
 
-def build(runs_csv: str | Path, out_dir: str | Path, reference: str | Path | None = None,
-          commit: str | None = None) -> list[Path]:
-    """runs.csv -> tables.md, tables.tex and one CSV per table in out_dir. Returns the files written."""
-    runs_csv, out_dir = Path(runs_csv), Path(out_dir)
+def load(runs_csv: Path, reference: str | Path | None = None):
+    """(runs, curves or None, the paper's reference rows) that the tables (and the report) build from:
+    runs.csv, the curves.csv beside it if any, the reference file (default results/)."""
     rows = read_runs(runs_csv)
     if not rows:
         raise ConfigError(f"{runs_csv}: no runs")
     curves_csv = runs_csv.with_name("curves.csv")
     curves = read_curves(curves_csv) if curves_csv.is_file() else None
-    tables = build_tables(rows, read_reference(reference or DEFAULT_REFERENCE), curves)
+    return rows, curves, read_reference(reference or DEFAULT_REFERENCE)
+
+
+def build(runs_csv: str | Path, out_dir: str | Path, reference: str | Path | None = None,
+          commit: str | None = None) -> list[Path]:
+    """runs.csv -> tables.md, tables.tex and one CSV per table in out_dir. Returns the files written."""
+    runs_csv, out_dir = Path(runs_csv), Path(out_dir)
+    rows, curves, ref = load(runs_csv, reference)
+    tables = build_tables(rows, ref, curves)
     head = header(runs_csv, commit or commit_label(rows))
     written = [write_atomic(out_dir / "tables.md", render_markdown(tables, head)),
                write_atomic(out_dir / "tables.tex", render_latex(tables, head))]
