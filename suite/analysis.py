@@ -18,6 +18,7 @@ from typing import Any
 
 from evals.tasks import AVERAGE_METRIC, PAPER_TASKS, metric_key
 from models import SIZES
+from models.placements import PLACEMENTS
 from suite.outcome import DIVERGED, FAILED_TO_LEARN, USED
 from suite.outcome import RULE as FAILED_RULE
 
@@ -33,6 +34,8 @@ DIVERGENCE_RULE = ("Diverged seeds are kept and shown as k/n diverged (n = every
                    f"learn ({FAILED_RULE}) are results: they enter mean ± std and are counted as k/n failed. "
                    "Crashed and unfinished runs are excluded and counted in the note below the table.")
 STD_RULE = "mean ± std over seeds (sample std, n - 1; no std when n = 1)."
+EDGE_RULE = ("(smallest tried) / (largest tried) after an LR: the chosen LR is an end of the grid that "
+             "placement ran at that size, so a better one may lie beyond it.")
 
 
 def finite(v: Any) -> float | None:
@@ -44,6 +47,12 @@ def paper_avg(row: dict[str, Any]) -> float | None:
     """5-task average (fraction) of one run: evals.tasks.AVERAGE_METRIC of each PAPER_TASKS task."""
     values = [finite(row.get(metric_key(t, AVERAGE_METRIC[t]))) for t in PAPER_TASKS]
     return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def placement_title(placement: str) -> str:
+    """The readable name of a registered placement ("Peri-LN"); an unknown one prints as given."""
+    cls = PLACEMENTS.get(placement)
+    return cls.title if cls is not None else placement
 
 
 def layer_profile(row: dict[str, Any], family: str) -> dict[int, float]:
@@ -88,12 +97,33 @@ class Analysis:
     cells: dict[tuple[str, str, float], list[dict[str, Any]]] = field(default_factory=dict)
     chosen: dict[tuple[str, str], float | None] = field(default_factory=dict)
     select_metric: dict[tuple[str, str], str] = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)  # arm -> readable name (tables, figures)
 
     def __post_init__(self) -> None:
         for r in sorted(self.rows, key=lambda r: (str(r["key"]), r["seed"])):
             self.cells.setdefault((r["arm"], r["size"], float(r["lr"])), []).append(r)
         for arm, size in {(a, s) for a, s, _ in self.cells}:
             self.chosen[(arm, size)], self.select_metric[(arm, size)] = self._choose(arm, size)
+        self.titles = self._titles()
+
+    # --- readable names
+    def _titles(self) -> dict[str, str]:
+        """Each arm as the tables print it: the placement's title, then its arguments and variant
+        ("Mix-LN (alpha=0.25)"). Read from the identity columns, never cut out of the arm; two arms
+        that would print alike (peri_ln and its alias sandwich_ln) keep their raw names beside."""
+        out = {}
+        for arm in self.arms():
+            r = next(r for (a, _, _), rows in sorted(self.cells.items()) if a == arm for r in rows)
+            extra = [x for x in (*str(r.get("placement_args") or "").split(";"), str(r.get("variant") or ""))
+                     if x]
+            out[arm] = placement_title(str(r.get("placement") or arm)) + (f" ({'; '.join(extra)})"
+                                                                           if extra else "")
+        clash = {t for t in out.values() if list(out.values()).count(t) > 1}
+        return {arm: f"{t} [{arm}]" if t in clash else t for arm, t in out.items()}
+
+    def title(self, arm: str) -> str:
+        """The arm's readable name; an arm with no run here (a paper reference) by its placement."""
+        return self.titles.get(arm) or placement_title(arm)
 
     # --- structure
     @property
@@ -147,6 +177,27 @@ class Analysis:
             if best_key is None or k < best_key:
                 best, best_key = lr, k
         return best, metric
+
+    def lr_edge(self, arm: str, size: str) -> str | None:
+        """"smallest" / "largest" when the chosen LR is that end of the LRs this arm has evidence at
+        (a finished, failed-to-learn or diverged seed) at this size, and there are two or more
+        (one LR tried is a choice made elsewhere, e.g. a search's best); None otherwise."""
+        lr = self.chosen.get((arm, size))
+        grid = [x for x in self.lrs(arm, size) if self.counts(arm, size, x)[1]]
+        if lr is None or len(grid) < 2:
+            return None
+        return "smallest" if lr == grid[0] else "largest" if lr == grid[-1] else None
+
+    def edge_warnings(self) -> list[str]:
+        """One line per (arm, size) whose chosen LR is an end of its grid."""
+        out = []
+        for size in self.sizes:
+            for arm in self.arms(size):
+                edge = self.lr_edge(arm, size)
+                if edge:
+                    out.append(f"best LR of {self.title(arm)} at {size} is the {edge} tried "
+                               f"({self.chosen[(arm, size)]:g}): the optimum was not found; widen the grid")
+        return out
 
     def at_chosen(self, arm: str, size: str) -> list[dict[str, Any]]:
         lr = self.chosen.get((arm, size))

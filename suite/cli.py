@@ -396,25 +396,82 @@ def _tables(p: argparse.ArgumentParser) -> Handler:
 
         from suite.tables import regenerate
 
-        sweep_name, uri = None, None
-        if args.from_csv:
-            out = args.out or str(Path(args.from_csv).parent)
-        else:
-            if not args.sweep:
-                raise ConfigError("give a sweep file (e.g. sweeps/smoke.yaml), or --from-csv runs.csv")
-            from suite import tracking
-            from suite.sweep import load_sweep
-
-            sweep = load_sweep(args.sweep, args.overrides)
-            sweep_name, uri = sweep.name, tracking.store_uri(sweep.out_dir, args.tracking_uri)
-            out = args.out or f"results/{sweep.name}"
-        files = regenerate(out, sweep_name, uri, args.from_csv, args.commit, args.reference,
-                           figures=not args.no_figures)
+        out, sweep, uri = _records_source(args)
+        files = regenerate(out, None if args.from_csv else sweep.name, uri, args.from_csv, args.commit,
+                           args.reference, figures=not args.no_figures)
         print(f"{len(files)} files in {out}/: " + ", ".join(sorted({f.name for f in files
                                                                      if f.parent == Path(out)})))
         figs = sorted(f.name for f in files if f.parent.name == "figures")
         if figs:
             print(f"figures in {Path(out) / 'figures'}/: {', '.join(figs)}")
+        _print_edge_warnings(out)
+        return 0
+
+    return run
+
+
+# ------------------------------------------------------- the report (suite/report.py), offline HTML
+
+def _records_source(args: argparse.Namespace):
+    """`periln tables` / `periln report`: (out folder, the sweep if one is given, its MLflow store).
+    --from-csv needs no sweep (the report still takes one, for its provenance and tokens)."""
+    from pathlib import Path
+
+    sweep, uri = None, None
+    if args.sweep:
+        from suite.sweep import load_sweep
+
+        sweep = load_sweep(args.sweep, args.overrides)
+        if not args.from_csv:
+            from suite import tracking
+
+            uri = tracking.store_uri(sweep.out_dir, args.tracking_uri)
+    elif not args.from_csv:
+        raise ConfigError("give a sweep file (e.g. sweeps/smoke.yaml), or --from-csv runs.csv")
+    if args.out:
+        return args.out, sweep, uri
+    return (str(Path(args.from_csv).parent) if args.from_csv else f"results/{sweep.name}"), sweep, uri
+
+
+def _print_edge_warnings(out: str) -> None:
+    from pathlib import Path
+
+    from suite.analysis import Analysis
+    from suite.records import read_runs
+
+    for line in Analysis(read_runs(Path(out) / "runs.csv")).edge_warnings():
+        print(f"warning: {line}")
+
+
+@command("report", "one self-contained offline HTML report of a sweep (tables, claims, figures, "
+         "the paper, provenance)", "periln report sweeps/smoke.yaml --out results/smoke/")
+def _report(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("sweep", nargs="?", metavar="SWEEP", help="sweep file whose MLflow runs are exported "
+                   "(with --from-csv: only for the report's provenance and tokens)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="as given to submit, e.g. out_dir=/scratch/runs (where the store is)")
+    p.add_argument("--out", help="folder for report.html (and the tables and figures it is built from; "
+                   "default results/<sweep name>/; with --from-csv, the CSV's folder)")
+    p.add_argument("--from-csv", metavar="RUNS_CSV", help="build from this runs.csv (and the curves.csv "
+                   "beside it) without MLflow")
+    p.add_argument("--tracking-uri", help="MLflow store (default as for submit)")
+    p.add_argument("--commit", help="commit named as the runs' (default: the commit the runs recorded)")
+    p.add_argument("--reference", help="the paper's numbers (default results/paper_reference.csv)")
+
+    def run(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from suite import report
+        from suite.tables import regenerate
+
+        out, sweep, uri = _records_source(args)
+        files = regenerate(out, None if args.from_csv else sweep.name, uri, args.from_csv, args.commit,
+                           args.reference)
+        path = report.build(Path(out) / "runs.csv", out, [f for f in files if f.parent.name == "figures"],
+                            args.reference, args.commit, sweep)
+        _print_edge_warnings(out)
+        print(f"report {path} ({path.stat().st_size / 1e3:.0f} kB, self-contained: open it in a browser); "
+              f"built with the tables and figures in {out}/")
         return 0
 
     return run

@@ -29,6 +29,21 @@ from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator  # noqa: E4
 from suite.analysis import ARM_ORDER, Analysis, Stat, finite  # noqa: E402
 from suite.records import read_curves, read_runs  # noqa: E402
 
+# what each figure shows, for captions outside the figure (the report); the rules are suite.analysis's
+CAPTIONS = {
+    "loss_curves": "Train and val loss against step per placement at its chosen LR (the Table 1 rule): "
+                   "mean over the finished seeds, band = min-max.",
+    "loss_vs_lr": "Final val loss against peak LR per placement: mean ± std over the finished seeds; "
+                  "x on the top edge = diverged seeds (k of n).",
+    "layer_variance": "Hidden-state variance per layer (0 = embedding output) at the last probe: chosen "
+                      "LR, mean over finished seeds.",
+    "layer_maxabs": "Max |activation| per layer at the last probe: chosen LR, mean over finished seeds.",
+    "layer_max_over_median": "Max / median |activation| per layer at the last probe: chosen LR, mean over "
+                             "finished seeds.",
+    "layer_grad_norm": "Gradient norm per block at the last probe: chosen LR, mean over finished seeds.",
+    "depth_over_training": "Variance and max |activation| of the last layer against step: chosen LR, mean "
+                           "and min-max over seeds.",
+}
 LAYER_FIGURES = (
     # (file stem, metric family, y label, log scale)
     ("layer_variance", "diag/var", "hidden-state variance", True),
@@ -108,7 +123,8 @@ def loss_curves(a: Analysis, curves: dict, out_dir: Path) -> list[Path]:
                     continue
                 steps, mean, lo, hi = _mean_band(series)
                 lr = a.chosen[(arm, size)]
-                ax.plot(steps, mean, color=colors[arm], lw=1.4, label=f"{arm} (LR {lr:g}, n={len(series)})")
+                ax.plot(steps, mean, color=colors[arm], lw=1.4,
+                        label=f"{a.title(arm)} (LR {lr:g}, n={len(series)})")
                 ax.fill_between(steps, lo, hi, color=colors[arm], alpha=0.2, lw=0)
             ax.set_title(f"{label}, size {size}", fontsize=10)
             ax.set_xlabel("step")
@@ -144,13 +160,14 @@ def loss_vs_lr(a: Analysis, out_dir: Path) -> list[Path]:
                     div_x.append((lr, div, n))
             if xs:
                 ax.errorbar(xs, ys, yerr=errs, color=colors[arm], marker="o", ms=4, capsize=3, lw=1.4,
-                            label=arm)
+                            label=a.title(arm))
             for lr, div, n in div_x:
                 # diverged seeds: an x on the panel's top edge, labelled k/n
                 ax.plot([lr], [0.95], marker="x", color=colors[arm], ms=8, mew=2,
                         transform=ax.get_xaxis_transform())
-                ax.annotate(f"{arm} {div}/{n} diverged", (lr, 0.95), xycoords=ax.get_xaxis_transform(),
-                            xytext=(-6, -4), textcoords="offset points", fontsize=7, color=colors[arm],
+                ax.annotate(f"{a.title(arm)} {div}/{n} diverged", (lr, 0.95),
+                            xycoords=ax.get_xaxis_transform(), xytext=(-6, -4), textcoords="offset points",
+                            fontsize=7, color=colors[arm],
                             ha="right", va="top")
         ax.set_xscale("log")
         lrs = a.lrs(size=size)
@@ -182,7 +199,7 @@ def layer_figure(a: Analysis, out_dir: Path, stem: str, family: str, ylabel: str
             layers = sorted(prof)
             n = len(a.at_chosen(arm, size))
             ax.plot(layers, [prof[k] for k in layers], color=colors[arm], marker="o", ms=3, lw=1.4,
-                    label=f"{arm} (LR {a.chosen[(arm, size)]:g}, n={n})")
+                    label=f"{a.title(arm)} (LR {a.chosen[(arm, size)]:g}, n={n})")
         if log:
             _log_y(ax)
         unit = "block" if family.endswith("grad_norm") else "layer (0 = embedding output)"
@@ -224,7 +241,7 @@ def depth_over_training(a: Analysis, curves: dict, out_dir: Path) -> list[Path]:
                 if not series:
                     continue
                 steps, mean, lo, hi = _mean_band(series)
-                ax.plot(steps, mean, color=colors[arm], lw=1.4, marker="o", ms=3, label=arm)
+                ax.plot(steps, mean, color=colors[arm], lw=1.4, marker="o", ms=3, label=a.title(arm))
                 ax.fill_between(steps, lo, hi, color=colors[arm], alpha=0.2, lw=0)
             _log_y(ax)
             ax.set_xlabel("step")

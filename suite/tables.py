@@ -23,6 +23,7 @@ from typing import Any
 
 from evals.tasks import AVERAGE_METRIC, PAPER_TASKS, metric_key
 from models import ConfigError
+from suite import analysis
 from suite import claims as claims_engine
 from suite.analysis import DASH, DIVERGENCE_RULE, LR_RULE, STD_RULE, Analysis, Stat, col, finite, paper_avg
 from suite.records import export, read_curves, read_runs, write_atomic
@@ -166,7 +167,7 @@ def _embed_note(a: Analysis) -> list[str]:
         vals = sorted({str(r.get("embed_norm") or "unrecorded").lower() for r in runs})
         if vals:
             setting = {"true": "on", "false": "off"}
-            notes.append(f"{arm}: embedding norm {' / '.join(setting.get(v, v) for v in vals)}.")
+            notes.append(f"{a.title(arm)}: embedding norm {' / '.join(setting.get(v, v) for v in vals)}.")
     return notes
 
 
@@ -185,7 +186,8 @@ def table1(a: Analysis) -> TableSet:
     tag = " (synthetic)" if synthetic else ""
     caption = (("Benchmarks: " + SYNTHETIC_WARNING + " " if synthetic else "")
                + f"The paper's Table 1 layout: accuracy (%) per task ({acc_note}; zero-shot), their "
-               f"5-task average, and final val loss; {STD_RULE} {LR_RULE} {DIVERGENCE_RULE}")
+               f"5-task average, and final val loss; {STD_RULE} {LR_RULE} {analysis.EDGE_RULE} "
+               f"{DIVERGENCE_RULE}")
     columns = ["placement", "LR", "diverged", "failed to learn", *(m + tag for m, _ in METRICS),
                "5-task avg" + tag, "val loss"]
     sections, csv_rows = [], []
@@ -198,9 +200,12 @@ def table1(a: Analysis) -> TableSet:
             stats = [a.stat(arm, size, col(k)) for _, k in METRICS]
             avg = a.stat(arm, size, paper_avg)
             loss = a.stat(arm, size, col("val_loss"))
-            rows.append([arm, flr(lr), f"{div}/{n}", f"{failed}/{n}", *(fstat(s, 2, 100) for s in stats),
-                         fstat(avg, 2, 100), fstat(loss, 3)])
-            csv_rows.append([size, arm, fcsv(lr), str(n - div), str(div), str(failed), str(n),
+            edge = a.lr_edge(arm, size)
+            rows.append([a.title(arm), flr(lr) + (f" ({edge} tried)" if edge else ""), f"{div}/{n}",
+                         f"{failed}/{n}", *(fstat(s, 2, 100) for s in stats), fstat(avg, 2, 100),
+                         fstat(loss, 3)])
+            csv_rows.append([size, arm, a.title(arm), fcsv(lr), edge or "", str(n - div), str(div),
+                             str(failed), str(n),
                              *(x for s in [*stats, avg] for x in (
                                  None if s.mean is None else s.mean * 100,
                                  None if s.std is None else s.std * 100)),
@@ -208,11 +213,19 @@ def table1(a: Analysis) -> TableSet:
         sections.append(Section(f"size {size}", columns, rows))
     metric_cols = [m.lower().replace("-", "_") + ("_synthetic" if synthetic else "") for m, _ in METRICS]
     metric_cols += ["avg5" + ("_synthetic" if synthetic else "")]
-    csv_cols = ["size", "placement", "lr", "seeds_used", "seeds_diverged", "seeds_failed_to_learn", "seeds",
+    csv_cols = ["size", "placement", "title", "lr", "lr_edge", "seeds_used", "seeds_diverged",
+                "seeds_failed_to_learn", "seeds",
                 *(f"{m}_{s}" for m in metric_cols for s in ("mean", "std")),
                 "val_loss_mean", "val_loss_std"]
     return TableSet("table1", "Table 1: downstream accuracy and val loss", caption, sections, csv_cols,
-                    csv_rows, _embed_note(a) + _excluded_note(a))
+                    csv_rows, _embed_note(a) + _excluded_note(a) + _edge_note(a))
+
+
+WARNING = "WARNING: "  # a note that is a warning (the report shows it as one)
+
+
+def _edge_note(a: Analysis) -> list[str]:
+    return [WARNING + w for w in a.edge_warnings()]
 
 
 def lr_table(a: Analysis) -> TableSet:
@@ -225,7 +238,7 @@ def lr_table(a: Analysis) -> TableSet:
         rows = []
         for arm in a.arms(size):
             metric = a.select_metric[(arm, size)]
-            row: list[Cell | str] = [arm]
+            row: list[Cell | str] = [a.title(arm)]
             for lr in lrs:
                 runs = a.cells.get((arm, size, lr))
                 if runs is None:
@@ -239,12 +252,12 @@ def lr_table(a: Analysis) -> TableSet:
                 elif n and div == n:
                     text += f" ({div}/{n})"
                 row.append(Cell(text, bold=a.chosen.get((arm, size)) == lr))
-                csv_rows.append([size, arm, fcsv(lr), metric, st.mean, st.std, str(st.n), str(div), str(n),
-                                 "yes" if a.chosen.get((arm, size)) == lr else "no"])
+                csv_rows.append([size, arm, a.title(arm), fcsv(lr), metric, st.mean, st.std, str(st.n),
+                                 str(div), str(n), "yes" if a.chosen.get((arm, size)) == lr else "no"])
             rows.append(row)
         sections.append(Section(f"size {size}", ["placement", *(f"LR {flr(lr)}" for lr in lrs)], rows))
-    cols = ["size", "placement", "lr", "metric", "mean", "std", "seeds_used", "seeds_diverged", "seeds",
-            "chosen"]
+    cols = ["size", "placement", "title", "lr", "metric", "mean", "std", "seeds_used", "seeds_diverged",
+            "seeds", "chosen"]
     return TableSet("lr_sensitivity", "Learning-rate sensitivity", caption, sections, cols, csv_rows,
                     _excluded_note(a))
 
@@ -294,15 +307,15 @@ def paper_table(a: Analysis, reference: Sequence[dict[str, str]]) -> TableSet:
         paper = float(ref["value"])
         ours = None if st.mean is None else st.mean * scale
         diff = None if ours is None else ours - paper
-        rows.append([ref["quantity"], size, arm, fnum(paper, nd), ref["confidence"],
+        rows.append([ref["quantity"], size, a.title(arm), fnum(paper, nd), ref["confidence"],
                      "not run" if ours is None else fstat(st, nd, scale), str(st.n),
                      fnum(diff, nd, signed=True), ref["source"]])
-        csv_rows.append([ref["quantity"], size, arm, paper, ref["confidence"], ours,
+        csv_rows.append([ref["quantity"], size, arm, a.title(arm), paper, ref["confidence"], ours,
                          None if st.std is None else st.std * scale, str(st.n), diff, ref["source"]])
     sizes_ours = ", ".join(a.sizes) or "none"
     notes = [f"Sizes in this sweep: {sizes_ours}."] + _embed_note(a)
-    cols = ["quantity", "size", "placement", "paper", "confidence", "ours_mean", "ours_std", "seeds",
-            "diff", "source"]
+    cols = ["quantity", "size", "placement", "title", "paper", "confidence", "ours_mean", "ours_std",
+            "seeds", "diff", "source"]
     return TableSet("paper_comparison", "Side by side with the paper", caption, [Section("", columns, rows)],
                     cols, csv_rows, notes)
 
@@ -364,16 +377,23 @@ def build_tables(rows: list[dict[str, Any]], reference: Sequence[dict[str, str]]
     return [table1(a), lr_table(a), paper_table(a, reference), claims_table(a, curves)]
 
 
-def build(runs_csv: str | Path, out_dir: str | Path, reference: str | Path | None = None,
-          commit: str | None = None) -> list[Path]:
-    """runs.csv -> tables.md, tables.tex and one CSV per table in out_dir. Returns the files written."""
-    runs_csv, out_dir = Path(runs_csv), Path(out_dir)
+def load(runs_csv: Path, reference: str | Path | None = None):
+    """(runs, curves or None, the paper's reference rows) that the tables (and the report) build from:
+    runs.csv, the curves.csv beside it if any, the reference file (default results/)."""
     rows = read_runs(runs_csv)
     if not rows:
         raise ConfigError(f"{runs_csv}: no runs")
     curves_csv = runs_csv.with_name("curves.csv")
     curves = read_curves(curves_csv) if curves_csv.is_file() else None
-    tables = build_tables(rows, read_reference(reference or DEFAULT_REFERENCE), curves)
+    return rows, curves, read_reference(reference or DEFAULT_REFERENCE)
+
+
+def build(runs_csv: str | Path, out_dir: str | Path, reference: str | Path | None = None,
+          commit: str | None = None) -> list[Path]:
+    """runs.csv -> tables.md, tables.tex and one CSV per table in out_dir. Returns the files written."""
+    runs_csv, out_dir = Path(runs_csv), Path(out_dir)
+    rows, curves, ref = load(runs_csv, reference)
+    tables = build_tables(rows, ref, curves)
     head = header(runs_csv, commit or commit_label(rows))
     written = [write_atomic(out_dir / "tables.md", render_markdown(tables, head)),
                write_atomic(out_dir / "tables.tex", render_latex(tables, head))]

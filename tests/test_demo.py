@@ -33,7 +33,7 @@ def test_demo_end_to_end_shortened(tmp_path, capsys, monkeypatch):
         assert 0.0 <= float(r["eval/piqa/acc_norm"]) <= 1.0 and float(r["val_loss"]) > 0
         assert r["diag/var/layer_04"] and r["diag/grad_norm/block_04"]  # tiny: 4 blocks
     md = (out / "tables.md").read_text()
-    assert "| pre_ln | 0.003 | 0/1 |" in md and "| peri_ln | 0.003 | 0/1 |" in md
+    assert "| Pre-LN | 0.003 | 0/1 |" in md and "| Peri-LN | 0.003 | 0/1 |" in md
     with (out / "claims.csv").open() as fh:
         fh.readline()
         overall = {r["id"]: r for r in csv.DictReader(fh) if r["group"] == "overall"}

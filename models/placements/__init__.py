@@ -1,7 +1,9 @@
 """The placement registry: one file per placement in this package, registered by name.
 
     @register("peri_ln", aliases=("sandwich_ln",))
-    class PeriLN(Placement): ...
+    class PeriLN(Placement):
+        title = "Peri-LN"  # the readable name of tables and figures (default: the registered name)
+        ...
 
 Importing this package imports every module in its folder (the loop at the end of this file), so
 `PLACEMENTS` is complete without any call and a new file is all a new placement needs. `base.py` and
@@ -32,6 +34,8 @@ def register(name: str, aliases: tuple[str, ...] = ()) -> Callable[[type[Placeme
                 raise ValueError(f"placement {key!r} is already registered by {PLACEMENTS[key]}")
             PLACEMENTS[key] = cls
         cls.name = name
+        if "title" not in vars(cls):  # inherited: PreLNEmbedNorm must not print as "Pre-LN"
+            cls.title = name
         return cls
 
     return wrap

@@ -35,6 +35,7 @@ class B2T(Placement):
     from fairseq's Xavier-uniform init, the suite from N(0, init_std) like every other arm.
     """
 
+    title = "B2T"
     source = ("Takase et al., B2T Connection: Serving Stability and Performance in Deep "
               "Transformers (arXiv 2206.00330, Findings of ACL 2023); takase/b2t_connection")
     final_norm = False

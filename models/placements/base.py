@@ -68,7 +68,8 @@ def _type_name(tp: Any) -> str:
 
 class Placement:
     """A normalization placement. Subclasses set the class attributes and override `layout`; the
-    class docstring's first line is the block equation, `source` the citation.
+    class docstring's first line is the block equation, `source` the citation, `title` the
+    readable name.
 
     Arguments (e.g. Mix-LN's alpha) are the fields of the nested frozen dataclass `Args`, declared
     with `arg(default, must, check)`; the constructor takes them as keyword arguments, parsed by
@@ -80,6 +81,10 @@ class Placement:
         """No arguments."""
 
     name: ClassVar[str] = ""
+    # the name tables, figure legends and the report print ("Peri-LN"); `name` stays the machine
+    # key (configs, run keys, CSV columns). Declared by each class itself: `register` falls back
+    # to `name` rather than let a subclass print as its parent.
+    title: ClassVar[str] = ""
     source: ClassVar[str] = ""
     embed_norm: ClassVar[bool] = False  # default of ModelConfig.embed_norm=None
     final_norm: ClassVar[bool] = True

@@ -19,6 +19,7 @@ class DeepNorm(Placement):
     for q_proj and k_proj; embeddings and LM head N(0, init_std). `init_scheme` does not apply.
     """
 
+    title = "DeepNorm"
     source = ("Wang et al., DeepNet: Scaling Transformers to 1,000 Layers (arXiv 2203.00555); "
               "microsoft/torchscale")
     final_norm = False

@@ -58,6 +58,7 @@ class DynamicTanh(Placement):
     Init: the default rule for the weights (N(0, init_std); `init_scheme` applies); gamma = 1.
     """
 
+    title = "DyT"
     source = ("Zhu, Chen, He, LeCun, Liu, Transformers without Normalization (arXiv 2503.10622, "
               "CVPR 2025); jiachenzhu/DyT")
     embed_norm = True  # the slot of the embedding scalar s

@@ -42,6 +42,7 @@ class Gemma(Placement):
     offsets w = 0; `init_scheme="scaled"` applies as for the default rule.
     """
 
+    title = "Gemma"
     source = ("Gemma Team, Gemma 2 (arXiv 2408.00118) and Gemma 3 (arXiv 2503.19786); "
               "HF transformers models/gemma2 (Gemma2RMSNorm, embedding normalizer)")
 

@@ -40,6 +40,7 @@ class HybridNorm(Placement):
     Init: the default rule (N(0, init_std); `init_scheme` applies).
     """
 
+    title = "HybridNorm"
     source = ("Zhuo et al., HybridNorm: Towards Stable and Efficient Transformer Training via "
               "Hybrid Normalization (arXiv 2503.04598); BryceZhuo/HybridNorm")
 

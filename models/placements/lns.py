@@ -19,6 +19,7 @@ class LayerNormScaling(Placement):
     the 1/sqrt(l) factor already controls depth), so `init_scheme` does not apply.
     """
 
+    title = "LayerNorm Scaling"
     source = ("Sun et al., The Curse of Depth in Large Language Models (arXiv 2502.05795), "
               "section 4 (LayerNorm Scaling)")
 

@@ -16,6 +16,7 @@ class MixLN(Placement):
     Init: the default rule (N(0, init_std); `init_scheme` applies), as in the LLaMA-based reference.
     """
 
+    title = "Mix-LN"
     source = ("Li, Yin, Liu, Mix-LN: Unleashing the Power of Deeper Layers by Combining Pre-LN and "
               "Post-LN (arXiv 2412.13795); pixeli99/MixLN")
 

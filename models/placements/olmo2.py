@@ -17,6 +17,7 @@ class OLMo2(Placement):
     scaling (OLMo 2 dropped its earlier scaled init), so `init_scheme` does not apply.
     """
 
+    title = "OLMo 2"
     source = ("OLMo et al., 2 OLMo 2 Furious (arXiv 2501.00656); OLMo-core "
               "ReorderedNormTransformerBlock")
 

@@ -10,6 +10,7 @@ class PeriLN(Placement):
     Sandwich-LN is the same block, registered here as the alias `sandwich_ln`.
     """
 
+    title = "Peri-LN"
     source = ("Kim et al., Peri-LN: Revisiting Normalization Layer in the Transformer Architecture "
               "(ICML 2025, arXiv 2502.02732); Ding et al., CogView (arXiv 2105.13290) for Sandwich-LN")
     # NOTE: on by default: without it the unit-variance output norms swamp the 0.02-std embeddings

@@ -8,6 +8,7 @@ class PostLN(Placement):
     The original Transformer's placement: it normalizes the residual stream after every add.
     """
 
+    title = "Post-LN"
     source = "Vaswani et al., Attention Is All You Need (arXiv 1706.03762)"
     final_norm = False
 

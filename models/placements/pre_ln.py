@@ -8,6 +8,7 @@ class PreLN(Placement):
     The norm sits on the branch input only, so the residual stream itself is never normalized.
     """
 
+    title = "Pre-LN"
     source = "Xiong et al., On Layer Normalization in the Transformer Architecture (arXiv 2002.04745); GPT-2"
 
     def layout(self, layer: int, n_layers: int) -> BlockLayout:

@@ -13,6 +13,7 @@ class PreLNEmbedNorm(PreLN):
     Init: the default rule (N(0, init_std); `init_scheme` applies).
     """
 
+    title = "Pre-LN + embedding norm"
     source = ("Takase, Kiyono, Kobayashi, Suzuki, Spike No More: Stabilizing the Pre-training of "
               "Large Language Models (arXiv 2312.16903)")
     embed_norm = True
