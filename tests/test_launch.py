@@ -2,12 +2,14 @@
 and local executors against a real MLflow sqlite store, a failing cell, and the paper grid's job
 array in --dry-run."""
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -263,3 +265,19 @@ def test_eval_switch_scores_each_finished_run_into_its_record(tmp_path, monkeypa
         assert 0.0 <= rec.metrics[key] <= 1.0, key
         assert store.metric_history(rec.run_id, key)[0][0] == 10  # at the run's final step
     assert "eval.json" in [a.path for a in store.client.list_artifacts(rec.run_id)]
+    # one eval.json format: the run directory's file is the MLflow artifact, byte for byte, and has
+    # the keys `periln eval` writes for the same run
+    cell = load_sweep(path).cells[0]
+    in_run_dir = (cell.run_dir / "eval.json").read_text()
+    (tmp_path / "dl").mkdir()
+    artifact = Path(store.client.download_artifacts(rec.run_id, "eval.json", str(tmp_path / "dl")))
+    artifact = artifact.read_text()
+    assert artifact == in_run_dir
+    swept = json.loads(in_run_dir)
+    assert set(swept) == {"metrics", "meta"} and swept["meta"]["prefix_eot"] is True
+    assert swept["metrics"] == {k: v for k, v in rec.metrics.items() if k.startswith("eval/")}
+    assert main(["eval", str(cell.run_dir), "--tasks", "arc_easy,piqa", "--limit", "8", "--data-dir",
+                   str(tmp_path / "tasks"), "--output", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert set(again) == set(swept) and set(again["meta"]) == set(swept["meta"])
+    assert again["metrics"] == swept["metrics"]  # the same checkpoint, items and settings
