@@ -41,6 +41,8 @@ def _train(p: argparse.ArgumentParser) -> Handler:
         status = (f"DIVERGED at step {result['diverged_step']} ({result['diverged_reason']}); "
                   if result.get("status") == "diverged" else "")
         val = "-" if result["val_loss"] is None else f"{result['val_loss']:.4f}"
+        if result.get("val_bpb") is not None:
+            val += f" ({result['val_bpb']:.4f} bits/byte)"
         print(f"{result['key']}: {status}step {result['step']}, train loss {result['train_loss']:.4f}, "
               f"val loss {val}, {result['tokens_per_s'] or 0:,.0f} tokens/s; "
               f"run directory {cfg.run_dir}")

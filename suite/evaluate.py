@@ -53,8 +53,7 @@ def evaluate_checkpoint(target: str | Path, tasks: str | list[str] | tuple[str, 
     prefix = loaded.prefix_eot if prefix_eot is None else bool(prefix_eot)
     lm = PerilnLM(model=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size, device=device,
                   dtype=dtype, prefix_eot=prefix)
-    source = loaded.checkpoint or loaded.hf_folder
-    lm.checkpoint = str(source)
+    lm.checkpoint = str(loaded.checkpoint or loaded.hf_folder)
     result = evaluate(lm, names, limit=limit, data_dir=data_dir, num_fewshot=num_fewshot, cache_dir=cache_dir)
     result["meta"].update(
         checkpoint=str(loaded.checkpoint) if loaded.checkpoint else None,

@@ -412,7 +412,11 @@ def isolated_hf(tmp_path, monkeypatch):
 
 
 def accuracies(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if not k.endswith("_stderr")}
+    return {k: v for k, v in metrics.items() if not k.endswith(("_stderr", "/bpb"))}
+
+
+def bits_per_byte(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.endswith("/bpb")}
 
 
 PAIRS = [("The quick brown", " fox"), ("A dog is", " lazy."), ("Layers normalize the", " stream of each"),
@@ -442,6 +446,9 @@ def test_lm_eval_hf_backend_equals_suite_adapter(placement, prefix_eot, bench, t
     kw = dict(data_dir=bench, cache_dir=tmp_path / "datasets")
     got, want = evaluate(theirs, "paper", **kw)["metrics"], evaluate(ours, "paper", **kw)["metrics"]
     assert accuracies(got) == accuracies(want) and len(accuracies(want)) == 9
+    assert bits_per_byte(got).keys() == bits_per_byte(want).keys() and len(bits_per_byte(want)) == 5
+    for key, value in bits_per_byte(want).items():  # the same log-likelihoods, summed in fp32
+        assert got[key] == pytest.approx(value, rel=1e-5), key
 
 
 def test_prefix_changes_the_scores(tmp_path):
@@ -566,7 +573,9 @@ def test_periln_eval_of_a_transformers_folder(bench, tmp_path, capsys):
     assert accuracies(saved["metrics"]).keys() == accuracies(theirs).keys()
     for key, value in accuracies(theirs).items():  # accuracies equal, bits per byte within fp32 error
         assert saved["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
-    assert {"eval/piqa/bpb", "eval/winogrande/bpb"} <= theirs.keys()
+    assert bits_per_byte(theirs).keys() == {"eval/piqa/bpb", "eval/winogrande/bpb"}
+    for key, value in bits_per_byte(theirs).items():
+        assert saved["metrics"][key] == pytest.approx(value, rel=1e-5), key
 
     # the prefix switched on by hand: recorded, and it changes what is scored
     assert periln([*args, "--prefix-eot", "--output", str(tmp_path / "prefixed.json")]) == 0
