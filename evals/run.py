@@ -2,8 +2,10 @@
 
 `evaluate(lm, ...)` runs lm-eval's `simple_evaluate` in process with the built-in task configs
 (pointed at local files when a data directory is given) and returns {"metrics": {flat numbers},
-"meta": {provenance}}: the shape the tracking and sweep code log (metrics as MLflow metrics, meta as
-a JSON artifact). Scoring a training checkpoint (which evals does not read) is
+"meta": {provenance}}: the shape the tracking and sweep code log (metrics as MLflow metrics, both as
+the eval.json artifact). Beside lm-eval's own metrics, `eval/<task>/bpb`: bits per UTF-8 byte of the
+correct continuation (-log p(continuation | context) / (bytes * ln 2), averaged over the items; ours),
+from lm-eval's per-item log-likelihoods. Scoring a training checkpoint (which evals does not read) is
 suite.evaluate.evaluate_checkpoint.
 """
 
@@ -30,6 +32,9 @@ from evals.tasks import (
 from models import ConfigError
 
 log = logging.getLogger("evals")
+BPB = "bpb"
+BPB_NOTE = ("ours: bits per UTF-8 byte of the correct continuation, -log p(continuation | context) / "
+            "(bytes * ln 2), averaged over the items")
 
 def evaluate(lm, tasks: str | list[str] | tuple[str, ...] = "paper", *, limit: int | float | None = None,
              data_dir: str | Path | None = None, num_fewshot: int = 0, cache_dir: str | Path | None = None,
@@ -68,7 +73,8 @@ def evaluate(lm, tasks: str | list[str] | tuple[str, ...] = "paper", *, limit: i
             out = lm_eval.simple_evaluate(
                 model=lm, tasks=[task_data.GROUP] if files is not None else list(names),
                 num_fewshot=num_fewshot, limit=limit, task_manager=manager, bootstrap_iters=bootstrap_iters,
-                log_samples=False, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                log_samples=True,  # the per-item log-likelihoods: bpb
+                random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                 fewshot_random_seed=seed)
         except Exception as err:
             # the hub out of reach, or a data file that passed the first-record check but not
@@ -83,6 +89,30 @@ def evaluate(lm, tasks: str | list[str] | tuple[str, ...] = "paper", *, limit: i
     seconds = time.perf_counter() - start
     return _flatten(out, names, lm, before, seconds, limit=limit, num_fewshot=num_fewshot, data_dir=data_dir,
                     files=files)
+
+
+def gold_choice(sample: dict[str, Any]) -> int:
+    """The index of a multiple-choice item's correct request, as lm-eval decides it: the target
+    (ARC, HellaSwag, PIQA, SIQA), or for Winogrande, whose requests share the continuation after
+    each option's context, the option doc["answer"] names."""
+    target = sample["target"]
+    if isinstance(target, int):
+        return target
+    answer = str(sample["doc"].get("answer", ""))
+    if answer in ("1", "2"):
+        return int(answer) - 1
+    raise RuntimeError(f"cannot tell the correct choice of an item (target {target!r})")
+
+
+def continuation_bpb(samples: list[dict[str, Any]]) -> float | None:
+    """Mean over items of -log p(correct continuation | context) / (its UTF-8 bytes * ln 2)."""
+    values = []
+    for sample in samples:
+        gold = gold_choice(sample)
+        continuation = sample["arguments"][gold][1]
+        logprob = sample["filtered_resps"][gold][0]
+        values.append(-float(logprob) / (len(continuation.encode("utf-8")) * math.log(2)))
+    return sum(values) / len(values) if values else None
 
 
 def _number(value: Any) -> float | None:
@@ -104,6 +134,9 @@ def _flatten(out: dict[str, Any], names: tuple[str, ...], lm, before: dict, seco
                 value = _number(res.get(f"{key},none"))
                 if value is not None:
                     metrics[metric_key(name, key)] = value
+        bpb = continuation_bpb(out.get("samples", {}).get(name, []))
+        if bpb is not None:
+            metrics[metric_key(name, BPB)] = bpb
         files = meta_in["files"]
         task_meta[name] = {
             "version": out.get("versions", {}).get(name),
@@ -129,6 +162,7 @@ def _flatten(out: dict[str, Any], names: tuple[str, ...], lm, before: dict, seco
         "average": {"key": AVERAGE_KEY, "tasks": list(PAPER_TASKS),
                     "metric": {t: AVERAGE_METRIC[t] for t in PAPER_TASKS},
                     "note": "our choice: acc_norm where lm-eval reports it, else acc (the paper is silent)"},
+        "bpb": BPB_NOTE,
         "batch_size": getattr(lm, "batch_size", None),
         "requests": requests,
         "seconds": round(seconds, 3),

@@ -93,6 +93,10 @@ class RandomTokenData(TokenData):
                 shutil.rmtree(tmp, ignore_errors=True)
         return final, final
 
+    @property
+    def val_text_size(self) -> None:
+        return None  # random ids are no text: no bits per byte
+
 
 def loader_tokens_per_s(data: TokenData, batches: int = 50) -> float:
     """Tokens per second the training DataLoader delivers on its own (the run's loader settings:

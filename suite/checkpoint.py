@@ -1,7 +1,8 @@
 """From what a user names (a checkpoint, a run directory or a run key) to a model and its tokenizer.
 
 A training checkpoint is the trainer's format (suite.train.LitLM), so reading one is the suite's job;
-evals only scores the model and tokenizer it is handed."""
+evals only scores the model and tokenizer it is handed. The same `Loaded` describes an imported
+transformers folder (suite.evaluate.load_target reads one through suite.hf)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,24 @@ from typing import Any
 from models import ConfigError
 
 LAST = Path("checkpoints") / "last.ckpt"
+EXTERNAL = "external"  # the size of an imported model, and the folder its eval.json goes under
+HF_KEY_PREFIX = "hf-"  # an imported folder's run key: hf-<folder name>
 
 
 @dataclass(frozen=True)
 class Loaded:
     model: Any  # models.Transformer, in eval mode, on the CPU
     tokenizer: Any  # suite.tokenizer.Tokenizer
-    checkpoint: Path
+    checkpoint: Path | None  # None for an imported folder (hf_folder)
     run_dir: Path  # where eval.json goes
     key: str | None  # the run key, when the checkpoint carries its run config
     step: int | None  # the training step the checkpoint was saved at
+    size: str | None = None  # the run's size; EXTERNAL for an imported folder
+    # whether the model saw an end-of-text token before each document: suite training joins
+    # documents with it (suite/data.py); an imported model's convention is unknown, so off, as
+    # lm-eval's HF model scores it
+    prefix_eot: bool = True
+    hf_folder: Path | None = None  # the transformers folder an imported model came from
 
 
 def resolve_checkpoint(target: str | Path, out_dir: str | Path = "runs", sweep: str | None = None) -> Path:
@@ -95,4 +104,6 @@ def load_checkpoint(ckpt: str | Path) -> Loaded:
         raise ConfigError(f"checkpoint {ckpt}: tokenizer {lit.cfg.data.tokenizer!r} has "
                           f"{tokenizer.vocab_size} tokens but the model was trained with {vocab_size}")
     model = lit.model.eval()
-    return Loaded(model, tokenizer, ckpt, run_dir_of(ckpt), lit.cfg.key, data.get("global_step"))
+    return Loaded(model, tokenizer, ckpt, run_dir_of(ckpt), lit.cfg.key, data.get("global_step"),
+                  size=lit.cfg.size)
+

@@ -47,6 +47,8 @@ def _train(p: argparse.ArgumentParser) -> Handler:
         status = (f"DIVERGED at step {result['diverged_step']} ({result['diverged_reason']}); "
                   if result.get("status") == "diverged" else "")
         val = "-" if result["val_loss"] is None else f"{result['val_loss']:.4f}"
+        if result.get("val_bpb") is not None:
+            val += f" ({result['val_bpb']:.4f} bits/byte)"
         print(f"{result['key']}: {status}step {result['step']}, train loss {result['train_loss']:.4f}, "
               f"val loss {val}, {result['tokens_per_s'] or 0:,.0f} tokens/s; "
               f"run directory {cfg.run_dir}")
@@ -138,6 +140,37 @@ def _eval(p: argparse.ArgumentParser) -> Handler:
 
     add_eval_arguments(p)
     return run_eval
+
+
+@command("export-hf", "write a run as a transformers model folder (safetensors, config.json, tokenizer) "
+         "that AutoModelForCausalLM loads without this project",
+         "periln export-hf runs/default/peri_ln-tiny-lr0.001-s0 --out hf/peri_ln-tiny")
+def _export_hf(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("target", metavar="RUN_KEY|RUN_DIR|CHECKPOINT",
+                   help="a .ckpt file, a run directory (uses checkpoints/last.ckpt), or a run key "
+                        "looked up under <out-dir>/<sweep>/<key> (as for periln eval)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the model folder to write (new or empty)")
+    p.add_argument("--tokenizer", help="tokenizer files to write instead of the run's: a spec (byte, "
+                   "files:<dir>, ...) or a folder")
+    p.add_argument("--prefix-eot", action="store_true",
+                   help="the exported tokenizer puts the end-of-text token before every text, as "
+                        "periln eval does for suite-trained models (default: it adds nothing)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--out-dir", default="runs", help="where run keys are looked up (default runs)")
+    p.add_argument("--sweep", help="the sweep of a run key found in several")
+
+    def run(args: argparse.Namespace) -> int:
+        from suite.hf import export_hf
+
+        out = export_hf(args.target, args.out, args.tokenizer, prefix_eot=args.prefix_eot,
+                        overwrite=args.overwrite, runs_dir=args.out_dir, sweep=args.sweep)
+        print(f"{out.architecture} in {out.folder} (tokenizer {out.tokenizer or 'none'}); its logits differ "
+              f"from the suite model's by at most {out.max_abs_diff:.2g} (fp32, random tokens)")
+        for note in out.notes:
+            print(f"  {note}")
+        return 0
+
+    return run
 
 
 @command("data", "task data: fetch the evaluation sets from the hub, or write synthetic ones",

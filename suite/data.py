@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -208,6 +209,30 @@ def unigram_ce(cache: Path) -> float:
     return float(meta["unigram_ce"])
 
 
+def utf8_bytes(cache: Path, tok: Tokenizer) -> int:
+    """The UTF-8 bytes of the text a token cache holds (end-of-text tokens are no text: 0 bytes),
+    decoded document by document with the cache's tokenizer; counted once, kept in meta.json."""
+    meta_path = cache / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    if meta.get("tokenizer") != tok.spec:
+        raise ConfigError(f"{cache}: token cache of tokenizer {meta.get('tokenizer')!r}, not {tok.spec!r}")
+    if "bytes" not in meta:
+        ids = np.concatenate([np.fromfile(cache / s["file"], dtype=meta["dtype"]) for s in meta["shards"]])
+        ends = np.flatnonzero(ids == tok.eot_id)
+        docs = [d for d in np.split(ids, ends) if d.size]  # each piece after the first starts at an EOT
+        texts = [tok.decode([int(i) for i in d if i != tok.eot_id]) for d in docs]
+        meta["bytes"] = sum(len(t.encode("utf-8")) for t in texts)
+        tmp = meta_path.with_name(f".meta.json.{os.getpid()}")
+        tmp.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp, meta_path)
+    return int(meta["bytes"])
+
+
+def bits_per_byte(loss: float, tokens: int, n_bytes: int) -> float:
+    """Cross-entropy in nats per token as bits per UTF-8 byte of the same text."""
+    return loss * tokens / (n_bytes * math.log(2))
+
+
 def _batched(it: Iterable[str], n: int) -> Iterator[list[str]]:
     batch = []
     for x in it:
@@ -309,6 +334,15 @@ class TokenData(L.LightningDataModule):
     def unigram_ce(self) -> float:
         """The unigram cross-entropy of the training tokens (nats/token)."""
         return unigram_ce(self.caches()[0])
+
+    @property
+    def val_text_size(self) -> tuple[int, int]:
+        """(tokens, UTF-8 bytes) of the held-out cache, for val/bpb. Measured over the whole cache,
+        of which the val loss reads the first windows (ours: the same text, so the same ratio up to
+        sampling)."""
+        cache = self.caches()[1]
+        tokens = json.loads((cache / "meta.json").read_text())["tokens"]
+        return tokens, utf8_bytes(cache, self.tokenizer)
 
     def setup(self, stage: str | None = None) -> None:
         train, held_out = self.caches()

@@ -194,11 +194,16 @@ class TrainJob(submitit.helpers.Checkpointable):
                            plugins=plugins)
             status = result.get("status", "finished")
             if rank == 0 and self.eval_spec and self.eval_spec.get("tasks") and status in USED:
+                import functools
+
+                from suite.evaluate import RESULT_FILE, write_result
+
                 scores = self._evaluate(cfg, last)
+                # one eval.json, the same text in the run directory and as the MLflow artifact
+                write_result(scores, cfg.run_dir / RESULT_FILE,
+                             functools.partial(store.log_text, self.run_id) if store else None)
                 if store:
                     store.log_metrics(self.run_id, scores["metrics"], step=result["step"])
-                    store.log_text(self.run_id, json.dumps(scores["meta"], indent=1, default=str),
-                                   "eval.json")
                     store.set_tags(self.run_id, benchmark_data=scores["meta"]["benchmark_data"])
                 result["eval"] = scores["metrics"]
         except (SystemExit, KeyboardInterrupt) as err:
@@ -224,7 +229,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         spec = self.eval_spec
         return evaluate_checkpoint(str(last), list(spec["tasks"]), limit=spec.get("limit"),
                                    data_dir=spec.get("data_dir"), batch_size=spec.get("batch_size", 32),
-                                   num_fewshot=spec.get("num_fewshot", 0))
+                                   num_fewshot=spec.get("num_fewshot", 0), prefix_eot=spec.get("prefix_eot"))
 
 
 def _hardware(torch: Any) -> str:

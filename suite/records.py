@@ -6,8 +6,8 @@ suite.tables, suite.figures); both are results in their own right, and `periln t
 runs.csv` rebuilds every table and figure from them without MLflow:
 
 - `runs.csv`: one row per run. Leading columns RUN_COLUMNS (identity, status, provenance, final
-  train/val loss), then every other final metric of the run, sorted by name (`eval/<task>/<metric>`,
-  `diag/var/layer_03`, `diag/spikes`, ...). Empty cell = not recorded.
+  train/val loss, val bits per byte), then every other final metric of the run, sorted by name
+  (`eval/<task>/<metric>`, `diag/var/layer_03`, `diag/spikes`, ...). Empty cell = not recorded.
 - `curves.csv`: one row per logged point, columns CURVE_COLUMNS (key, metric, step, value), for the
   figures (loss curves).
 
@@ -31,13 +31,14 @@ RUN_COLUMNS: tuple[str, ...] = (
     "key", "sweep", "arm", "group", "placement", "placement_args", "variant", "size", "lr", "seed",
     "status", "diverged_step", "step", "n_layers", "d_model", "embed_norm", "tokenizer", "data_source",
     "val_source", "benchmark_data", "unigram_ce", "commit", "dirty", "train_loss", "val_loss",
-    "tokens_per_s",
+    "val_bpb", "tokens_per_s",
 )
 CURVE_COLUMNS: tuple[str, ...] = ("key", "metric", "step", "value")
 INT_COLUMNS = ("seed", "diverged_step", "step", "n_layers", "d_model")
-FLOAT_COLUMNS = ("lr", "unigram_ce", "train_loss", "val_loss", "tokens_per_s")
+FLOAT_COLUMNS = ("lr", "unigram_ce", "train_loss", "val_loss", "val_bpb", "tokens_per_s")
 # metrics mapped onto the leading columns (their final values) rather than repeated under their name
-FINAL_ALIASES = {"train/loss": "train_loss", "val/loss": "val_loss", "train/tokens_per_s": "tokens_per_s"}
+FINAL_ALIASES = {"train/loss": "train_loss", "val/loss": "val_loss", "val/bpb": "val_bpb",
+                 "train/tokens_per_s": "tokens_per_s"}
 
 
 # --------------------------------------------------------------------------------------- reading

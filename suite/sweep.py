@@ -71,6 +71,9 @@ class EvalSpec:
     data_dir: str | None = None  # local task data (offline); None: evals' default
     num_fewshot: int = 0
     batch_size: int = 32
+    # the adapter's end-of-text token before every context; None: what the model was trained with
+    # (suite-trained runs: on, see suite.evaluate.PREFIX_RULES)
+    prefix_eot: bool | None = None
 
     @property
     def enabled(self) -> bool:
@@ -409,7 +412,7 @@ def _parse_eval(spec: Any, where: str, problems: list[str]) -> EvalSpec:
         return EvalSpec()
     if not isinstance(spec, Mapping):
         problems.append(f"{where}: eval: expected a mapping (tasks, limit, data_dir, num_fewshot, "
-                        f"batch_size); got {spec!r}")
+                        f"batch_size, prefix_eot); got {spec!r}")
         return EvalSpec()
     spec = dict(spec)
     tasks = spec.pop("tasks", [])

@@ -186,10 +186,10 @@ def table1(a: Analysis) -> TableSet:
     tag = " (synthetic)" if synthetic else ""
     caption = (("Benchmarks: " + SYNTHETIC_WARNING + " " if synthetic else "")
                + f"The paper's Table 1 layout: accuracy (%) per task ({acc_note}; zero-shot), their "
-               f"5-task average, and final val loss; {STD_RULE} {LR_RULE} {analysis.EDGE_RULE} "
-               f"{DIVERGENCE_RULE}")
+               f"5-task average, final val loss (nats/token) and val bits per UTF-8 byte (ours: comparable "
+               f"across tokenizers); {STD_RULE} {LR_RULE} {analysis.EDGE_RULE} {DIVERGENCE_RULE}")
     columns = ["placement", "LR", "diverged", "failed to learn", *(m + tag for m, _ in METRICS),
-               "5-task avg" + tag, "val loss"]
+               "5-task avg" + tag, "val loss", "val bpb"]
     sections, csv_rows = [], []
     for size in a.sizes:
         rows = []
@@ -201,24 +201,25 @@ def table1(a: Analysis) -> TableSet:
             avg = a.stat(arm, size, paper_avg)
             loss = a.stat(arm, size, col("val_loss"))
             edge = a.lr_edge(arm, size)
+            bpb = a.stat(arm, size, col("val_bpb"))
             rows.append([a.title(arm), flr(lr) + (f" ({edge} tried)" if edge else ""), f"{div}/{n}",
                          f"{failed}/{n}", *(fstat(s, 2, 100) for s in stats), fstat(avg, 2, 100),
-                         fstat(loss, 3)])
+                         fstat(loss, 3), fstat(bpb, 3)])
             csv_rows.append([size, arm, a.title(arm), fcsv(lr), edge or "", str(n - div), str(div),
                              str(failed), str(n),
                              *(x for s in [*stats, avg] for x in (
                                  None if s.mean is None else s.mean * 100,
                                  None if s.std is None else s.std * 100)),
-                             loss.mean, loss.std])
+                             loss.mean, loss.std, bpb.mean, bpb.std])
         sections.append(Section(f"size {size}", columns, rows))
     metric_cols = [m.lower().replace("-", "_") + ("_synthetic" if synthetic else "") for m, _ in METRICS]
     metric_cols += ["avg5" + ("_synthetic" if synthetic else "")]
     csv_cols = ["size", "placement", "title", "lr", "lr_edge", "seeds_used", "seeds_diverged",
                 "seeds_failed_to_learn", "seeds",
                 *(f"{m}_{s}" for m in metric_cols for s in ("mean", "std")),
-                "val_loss_mean", "val_loss_std"]
-    return TableSet("table1", "Table 1: downstream accuracy and val loss", caption, sections, csv_cols,
-                    csv_rows, _embed_note(a) + _excluded_note(a) + _edge_note(a))
+                "val_loss_mean", "val_loss_std", "val_bpb_mean", "val_bpb_std"]
+    return TableSet("table1", "Table 1: downstream accuracy, val loss and val bpb", caption, sections,
+                    csv_cols, csv_rows, _embed_note(a) + _excluded_note(a) + _edge_note(a))
 
 
 WARNING = "WARNING: "  # a note that is a warning (the report shows it as one)

@@ -30,7 +30,7 @@ from suite.config import (
     settings_sha,
 )
 from suite.cost import resolve_budget, tokens_per_step
-from suite.data import TokenData
+from suite.data import TokenData, bits_per_byte
 from suite.diagnostics import Diagnostics
 from suite.files import atomic_write_text
 from suite.outcome import DIVERGED, FAILED_TO_LEARN, FINISHED, INTERRUPTED, USED, failed_to_learn
@@ -64,6 +64,7 @@ class LitLM(L.LightningModule):
         # weight decay on 2-D weights only, decided before any wrapper (FSDP) flattens them
         self._decay = {n for n, p in self.named_parameters() if p.ndim >= 2}
         self._compiled_loss = None  # set by configure_model when train.compile resolves to on
+        self.val_text_size: tuple[int, int] | None = None  # (tokens, bytes) of the val text: val/bpb
 
     def configure_model(self) -> None:
         """The fast path (suite/fastpath.py): activation checkpointing and torch.compile."""
@@ -105,7 +106,10 @@ class LitLM(L.LightningModule):
         return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch), prog_bar=True, sync_dist=True)
+        loss = self._loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        if self.val_text_size is not None:  # linear in the loss: its mean is the mean loss's bpb
+            self.log("val/bpb", bits_per_byte(loss, *self.val_text_size), sync_dist=True)
 
     def configure_optimizers(self):
         t = self.cfg.train
@@ -333,6 +337,7 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
     # the module's own copy of the run carries the device's vocabulary padding (128 on a GPU), so
     # a checkpoint rebuilds the same shapes anywhere; config.yaml keeps the run as given
     lit = LitLM(fastpath.module_run(cfg), data.tokenizer.vocab_size)
+    lit.val_text_size = data.val_text_size  # None: data without text (periln bench's random tokens)
     run_dir = cfg.run_dir
     ckpt_dir = run_dir / "checkpoints"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -396,7 +401,8 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
     learned = not failed_to_learn(final, unigram, trainer.global_step)
     result = dict(key=cfg.key, status=FINISHED if learned else FAILED_TO_LEARN,
                   step=trainer.global_step, train_loss=metrics.get("train/loss"),
-                  val_loss=metrics.get("val/loss"), unigram_ce=unigram, checkpoint=str(last),
+                  val_loss=metrics.get("val/loss"), val_bpb=metrics.get("val/bpb"), unigram_ce=unigram,
+                  checkpoint=str(last),
                   seconds=round(time.perf_counter() - start, 2),
                   tokens_per_s=metrics.get("train/tokens_per_s"),
                   config_sha=settings_sha(run_settings(cfg)))

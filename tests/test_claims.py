@@ -217,3 +217,19 @@ def test_claims_csv_carries_every_number_behind_a_verdict():
     assert overall[14] == HOLDS and group[14] == HOLDS
     assert group[8] == "2" and float(group[10]) > 0 and "Student-t" in group[6]
     assert {r[0] for r in table} == {c.id for c in C.CLAIMS}
+
+
+def test_bpb_claim_reads_val_bpb_not_the_loss():
+    """Peri-LN lower in bits per byte (1.10, 1.12 vs 1.20, 1.21: differences -0.10, -0.09) while its
+    loss in nats per token is higher (another tokenizer's units would do that): each claim reads
+    its own column."""
+    rows = []
+    for seed, (pre, peri) in enumerate([(1.20, 1.10), (1.21, 1.12)]):
+        rows.append(record("pre_ln", 1e-3, seed, val_loss=3.0) | {"val_bpb": pre})
+        rows.append(record("peri_ln", 1e-3, seed, val_loss=3.2 + 0.01 * seed) | {"val_bpb": peri})
+    v, res = verdict(rows, "bpb_peri_lt_pre")
+    # mean difference -0.095, sd 0.00707, se 0.005, t(0.975, 1) = 12.706: [-0.159, -0.031] < 0
+    assert v == HOLDS and res.groups[0].interval.high == pytest.approx(-0.095 + 12.706 * 0.005, abs=1e-3)
+    assert verdict(rows, "loss_peri_lt_pre")[0] == FAILS
+    no_bpb = [{k: v for k, v in r.items() if k != "val_bpb"} for r in rows]
+    assert verdict(no_bpb, "bpb_peri_lt_pre")[0] == UNTESTABLE

@@ -165,3 +165,35 @@ def test_missing_data_file_is_a_clear_error(tmp_path):
     cfg = DataConfig(source=str(tmp_path / "nope.jsonl"), cache_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="no such file"):
         build_token_cache(cfg.source, "train", cfg, load_tokenizer("byte"))
+
+
+def test_utf8_bytes_of_a_cache_by_hand(tmp_path):
+    """Byte tokenizer on "ab", "café", "日本": 2 + 5 + 6 = 13 bytes of text in 13 + 3 (end-of-text)
+    = 16 tokens; the count is kept in meta.json (a second call reads it)."""
+    (tmp_path / "val.txt").write_text("ab\ncafé\n日本")
+    cfg = DataConfig(source=str(tmp_path / "val.txt"), val_source=str(tmp_path / "val.txt"),
+                     cache_dir=str(tmp_path / "cache"))
+    tok = load_tokenizer("byte")
+    cache = build_token_cache(cfg.val_source, "val", cfg, tok)
+    assert json.loads((cache / "meta.json").read_text())["tokens"] == 16
+    assert data_mod.utf8_bytes(cache, tok) == 13
+    assert json.loads((cache / "meta.json").read_text())["bytes"] == 13
+    # a loss of 2 nats/token over 16 tokens is 32 nats = 32 / ln 2 bits over 13 bytes
+    assert data_mod.bits_per_byte(2.0, 16, 13) == pytest.approx(32 / (13 * np.log(2)))
+    with pytest.raises(ConfigError, match="not 'tiktoken:gpt2'"):
+        data_mod.utf8_bytes(cache, type("T", (), {"spec": "tiktoken:gpt2"})())
+
+
+@pytest.mark.parametrize("layout", ["json", "gpt2"])
+def test_utf8_bytes_with_a_bpe_are_the_texts_bytes(bpe_dir, layout, tmp_path):
+    tok = load_tokenizer(f"files:{bpe_dir / layout}")
+    (tmp_path / "val.txt").write_text("\n".join(TEXTS))
+    cfg = DataConfig(source=str(tmp_path / "val.txt"), val_source=str(tmp_path / "val.txt"),
+                     cache_dir=str(tmp_path / "cache"))
+    cache = build_token_cache(cfg.val_source, "val", cfg, tok)
+    # the txt reader gives one document a line
+    lines = "\n".join(TEXTS).split("\n")
+    assert data_mod.utf8_bytes(cache, tok) == sum(len(t.encode()) for t in lines)
+    tokens = json.loads((cache / "meta.json").read_text())["tokens"]
+    assert tokens == sum(len(ids) + 1 for ids in tok.encode_batch(lines))
+    assert tokens < sum(len(t.encode()) for t in lines)  # merges: fewer tokens than bytes

@@ -95,12 +95,13 @@ def test_periln_eval_writes_eval_json(run, tmp_path, capsys):
     assert code == 0
     saved = json.loads((cfg.run_dir / "eval.json").read_text())
     assert set(saved["metrics"]) == {"eval/piqa/acc", "eval/piqa/acc_stderr", "eval/piqa/acc_norm",
-                                     "eval/piqa/acc_norm_stderr", "eval/winogrande/acc",
-                                     "eval/winogrande/acc_stderr"}
+                                     "eval/piqa/acc_norm_stderr", "eval/piqa/bpb", "eval/winogrande/acc",
+                                     "eval/winogrande/acc_stderr", "eval/winogrande/bpb"}
     meta = saved["meta"]
     assert meta["limit"] == 20 and meta["tasks"]["piqa"]["samples"] == 20
     assert meta["tasks"]["winogrande"]["version"] == 1.0
     assert meta["checkpoint"] == str(cfg.run_dir / "checkpoints" / "last.ckpt")
+    assert (meta["size"], meta["prefix_eot"]) == ("tiny", True)  # suite-trained: documents joined by EOT
     assert "requests/s" in out and f"wrote {cfg.run_dir / 'eval.json'}" in out
     assert f"piqa{'':<11}{saved['metrics']['eval/piqa/acc']:>8.4f}" in out
 

@@ -143,8 +143,9 @@ def preprocess_hellaswag(text: str) -> str:  # lm_eval/tasks/hellaswag/utils.py,
 
 def expected_scores(model, task: str, docs: list[dict]) -> dict[str, float]:
     """acc (argmax loglikelihood) and acc_norm (argmax loglikelihood / characters of the choice)
-    from each task's zero-shot prompt as its lm-eval YAML defines it."""
-    acc, acc_norm = [], []
+    from each task's zero-shot prompt as its lm-eval YAML defines it; bpb: -loglikelihood of the
+    correct continuation / (its UTF-8 bytes * ln 2), averaged."""
+    acc, acc_norm, bpb = [], [], []
     for d in docs:
         if task.startswith("arc"):
             contexts = [f"Question: {d['question']}\nAnswer:"] * 4
@@ -170,7 +171,8 @@ def expected_scores(model, task: str, docs: list[dict]) -> dict[str, float]:
         lls = np.array([direct_ll(model, c, k) for c, k in zip(contexts, conts)])
         acc.append(float(np.argmax(lls) == gold))
         acc_norm.append(float(np.argmax(lls / np.array([len(c) for c in choices])) == gold))
-    out = {"acc": float(np.mean(acc))}
+        bpb.append(-lls[gold] / (len(conts[gold].encode("utf-8")) * np.log(2)))
+    out = {"acc": float(np.mean(acc)), "bpb": float(np.mean(bpb))}
     if "acc_norm" in TASKS[task].metrics:
         out["acc_norm"] = float(np.mean(acc_norm))
     return out
@@ -189,6 +191,7 @@ def test_offline_simple_evaluate_all_schemas(model, bench, tmp_path, monkeypatch
             assert metrics[f"eval/{task}/{metric}_stderr"] == pytest.approx(
                 np.sqrt(p * (1 - p) / (N - 1)), abs=1e-9)  # lm-eval: sample std / sqrt(n)
         assert f"eval/{task}/acc_norm" not in metrics or "acc_norm" in TASKS[task].metrics
+        assert metrics[f"eval/{task}/bpb"] == pytest.approx(want["bpb"], rel=1e-5), task
         info = meta["tasks"][task]
         assert (info["samples"], info["num_fewshot"], info["split"]) == (N, 0, TASKS[task].split)
         assert info["version"] == (0.0 if task == "social_iqa" else 1.0)
@@ -198,6 +201,7 @@ def test_offline_simple_evaluate_all_schemas(model, bench, tmp_path, monkeypatch
     assert meta["requests"] == n_requests
     assert meta["requests_per_s"] > 0
     assert meta["lm_eval_version"] and meta["limit"] is None and meta["num_fewshot"] == 0
+    assert meta["bpb"].startswith("ours:")
     # the offline switch is undone afterwards
     assert "HF_DATASETS_OFFLINE" not in os.environ
     assert any((tmp_path / "cache").iterdir())  # datasets cached the files where it was told
@@ -216,6 +220,34 @@ def test_limit_and_parquet(model, bench, tmp_path):
     assert from_pq["metrics"]["eval/piqa/acc"] == pytest.approx(want["acc"])
     assert from_pq["meta"]["tasks"]["piqa"]["samples"] == 5
     assert from_pq["meta"]["limit"] == 5
+
+
+def test_bpb_of_a_uniform_model_is_log2_of_the_vocabulary(bench, tmp_path):
+    """Zero logits: every byte token has probability 1/257, so every byte costs log2(257) bits."""
+    torch.manual_seed(0)
+    uniform = build_model(ModelConfig(vocab_size=257, d_model=32, n_layers=1, n_heads=2, d_ff=64,
+                                      max_seq_len=256, tie_embeddings=False)).eval()
+    with torch.no_grad():
+        uniform.lm_head.weight.zero_()
+    lm = PerilnLM(model=uniform, tokenizer=ByteTokenizer(), device="cpu")
+    metrics = evaluate(lm, "piqa,winogrande", data_dir=bench, cache_dir=tmp_path / "c", limit=4)["metrics"]
+    for task in ("piqa", "winogrande"):
+        assert metrics[f"eval/{task}/bpb"] == pytest.approx(np.log2(257), rel=1e-6)
+
+
+def test_continuation_bpb_by_hand():
+    """The correct request: the target index (PIQA-like), or doc["answer"] (Winogrande, whose
+    requests share the continuation)."""
+    from evals.run import continuation_bpb
+
+    piqa = {"target": 1, "doc": {}, "arguments": [("Q:", " no"), ("Q:", " café")],
+            "filtered_resps": [(-1.0, False), (-4.0, False)]}  # " café": 6 bytes
+    wino = {"target": "ends.", "doc": {"answer": "2"}, "arguments": [("A x", " ends."), ("A y", " ends.")],
+            "filtered_resps": [(-2.0, True), (-3.0, False)]}  # " ends.": 6 bytes
+    ln2 = np.log(2)
+    assert continuation_bpb([piqa]) == pytest.approx(4 / (6 * ln2))
+    assert continuation_bpb([piqa, wino]) == pytest.approx((4 / (6 * ln2) + 3 / (6 * ln2)) / 2)
+    assert continuation_bpb([]) is None
 
 
 # ------------------------------------------------------------------------------- bad input

@@ -412,7 +412,11 @@ def isolated_hf(tmp_path, monkeypatch):
 
 
 def accuracies(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if not k.endswith("_stderr")}
+    return {k: v for k, v in metrics.items() if not k.endswith(("_stderr", "/bpb"))}
+
+
+def bits_per_byte(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.endswith("/bpb")}
 
 
 PAIRS = [("The quick brown", " fox"), ("A dog is", " lazy."), ("Layers normalize the", " stream of each"),
@@ -442,6 +446,9 @@ def test_lm_eval_hf_backend_equals_suite_adapter(placement, prefix_eot, bench, t
     kw = dict(data_dir=bench, cache_dir=tmp_path / "datasets")
     got, want = evaluate(theirs, "paper", **kw)["metrics"], evaluate(ours, "paper", **kw)["metrics"]
     assert accuracies(got) == accuracies(want) and len(accuracies(want)) == 9
+    assert bits_per_byte(got).keys() == bits_per_byte(want).keys() and len(bits_per_byte(want)) == 5
+    for key, value in bits_per_byte(want).items():  # the same log-likelihoods, summed in fp32
+        assert got[key] == pytest.approx(value, rel=1e-5), key
 
 
 def test_prefix_changes_the_scores(tmp_path):
@@ -484,3 +491,106 @@ def test_lm_eval_command_line_on_exported_folder(bench, tmp_path):
     assert results["piqa"]["acc,none"] == want["eval/piqa/acc"]
     assert results["piqa"]["acc_norm,none"] == want["eval/piqa/acc_norm"]
     assert results["winogrande"]["acc,none"] == want["eval/winogrande/acc"]
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def _checkpoint(tmp_path, placement: str, tokenizer: str, vocab_size: int):
+    """A run directory with an initialised checkpoint (norm gains moved off their start values)."""
+    from suite.config import load_run_config
+    from suite.train import LitLM
+
+    cfg = load_run_config(None, [f"out_dir={tmp_path / 'runs'}", "sweep=cli", f"placement={placement}",
+                                 "train.seq_len=64", f"data.tokenizer={tokenizer}"])
+    torch.manual_seed(0)
+    lit = LitLM(cfg.to_dict(), vocab_size)
+    with torch.no_grad():
+        for p in lit.model.parameters():
+            if p.ndim == 1:
+                p.add_(0.3 * torch.randn_like(p))
+    ckpt = cfg.run_dir / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"hyper_parameters": dict(lit.hparams), "state_dict": lit.state_dict(), "global_step": 3},
+               ckpt)
+    return cfg, lit.model.eval()
+
+
+def test_periln_export_hf_command(bpe, bpe_dir, tmp_path, capsys):
+    """`periln export-hf RUN --out DIR` on a run trained with a GPT-2-style BPE (vocab.json +
+    merges.txt): transformers alone loads model and tokenizer, and computes the suite's logits."""
+    from suite.cli import main as periln
+
+    cfg, model = _checkpoint(tmp_path, "peri_ln", f"files:{bpe_dir}", bpe.vocab_size)
+    out = tmp_path / "exported"
+    assert periln(["export-hf", cfg.key, "--out", str(out), "--out-dir", str(tmp_path / "runs")]) == 0
+    assert f"Gemma2ForCausalLM in {out}" in capsys.readouterr().out
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    hf_model = load(out)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    ids = hf_tok(TEXT)["input_ids"]
+    assert ids == bpe.encode_batch([TEXT])[0]
+    assert max_diff(model, hf_model, torch.tensor([ids])) < TOL
+    assert max_diff(model, hf_model, random_tokens(bpe.vocab_size)) < TOL
+
+
+def test_periln_export_hf_refuses_in_one_line(tmp_path, capsys):
+    from suite.cli import main as periln
+
+    cfg, _ = _checkpoint(tmp_path, "post_ln", "byte", 257)
+    assert periln(["export-hf", str(cfg.run_dir), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("periln: error: export-hf: placement 'post_ln'")
+    assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------- periln eval of a folder
+
+
+def test_periln_eval_of_a_transformers_folder(bench, tmp_path, capsys):
+    """`periln eval FOLDER` scores a transformers Llama through the suite's adapter: the same
+    accuracies and bits per byte as lm-eval's own HF model on the folder (no end-of-text prefix, its
+    convention); the run key is hf-<name>, the size external."""
+    from lm_eval.models.huggingface import HFLM
+
+    from evals.run import evaluate
+    from suite.cli import main as periln
+
+    folder = hf_llama_folder(tmp_path, max_position_embeddings=256)
+    save_tokenizer(ByteTokenizer(), folder, 256)  # 257 byte tokens of the model's 300
+    runs = tmp_path / "runs"
+    args = ["eval", str(folder), "--tasks", "piqa,winogrande", "--data-dir", str(bench),
+            "--cache-dir", str(tmp_path / "datasets"), "--out-dir", str(runs)]
+    assert periln(args) == 0
+    assert "hf-LlamaConfig (size external)" in capsys.readouterr().out
+    saved = json.loads((runs / "external" / "hf-LlamaConfig" / "eval.json").read_text())
+    meta = saved["meta"]
+    assert (meta["key"], meta["size"], meta["step"], meta["checkpoint"]) == ("hf-LlamaConfig", "external",
+                                                                             None, None)
+    assert meta["hf_folder"] == str(folder.resolve()) and meta["prefix_eot"] is False
+    theirs = evaluate(HFLM(pretrained=str(folder), device="cpu", dtype="float32", batch_size=16),
+                      "piqa,winogrande", data_dir=bench, cache_dir=tmp_path / "datasets")["metrics"]
+    assert accuracies(saved["metrics"]).keys() == accuracies(theirs).keys()
+    for key, value in accuracies(theirs).items():  # accuracies equal, bits per byte within fp32 error
+        assert saved["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
+    assert bits_per_byte(theirs).keys() == {"eval/piqa/bpb", "eval/winogrande/bpb"}
+    for key, value in bits_per_byte(theirs).items():
+        assert saved["metrics"][key] == pytest.approx(value, rel=1e-5), key
+
+    # the prefix switched on by hand: recorded, and it changes what is scored
+    assert periln([*args, "--prefix-eot", "--output", str(tmp_path / "prefixed.json")]) == 0
+    prefixed = json.loads((tmp_path / "prefixed.json").read_text())
+    assert prefixed["meta"]["prefix_eot"] is True and "set by" in prefixed["meta"]["prefix_eot_rule"]
+    assert prefixed["metrics"]["eval/piqa/bpb"] != saved["metrics"]["eval/piqa/bpb"]
+
+
+def test_periln_eval_refuses_an_unsupported_folder(bench, tmp_path, capsys):
+    from suite.cli import main as periln
+
+    folder = hf_llama_folder(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    capsys.readouterr()
+    assert periln(["eval", str(folder), "--tasks", "piqa", "--data-dir", str(bench)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "model_type 'gpt2' is not supported" in err

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -160,7 +161,8 @@ def test_debug_executor_records_each_cell_once_and_resubmission_skips(tmp_path, 
     with pytest.raises(ConfigError, match=r"and 1 other cells recorded with other settings "
                        r"\(train.max_steps: recorded '20', now '30'\)"):
         submit(load_sweep(path, ["train.max_steps=30"]), "debug")
-    assert submit(load_sweep(path, ["data.num_workers=0"]), "debug").plan.skip == {k: "finished" for k in recs}
+    moved = submit(load_sweep(path, ["data.num_workers=0"]), "debug")
+    assert moved.plan.skip == {k: "finished" for k in recs}
     with pytest.raises(ConfigError, match=r"train.max_steps: recorded '20', now '30'"):
         _resubmit_changed(path)
 
@@ -270,3 +272,19 @@ def test_eval_switch_scores_each_finished_run_into_its_record(tmp_path, monkeypa
         assert 0.0 <= rec.metrics[key] <= 1.0, key
         assert store.metric_history(rec.run_id, key)[0][0] == 10  # at the run's final step
     assert "eval.json" in [a.path for a in store.client.list_artifacts(rec.run_id)]
+    # one eval.json format: the run directory's file is the MLflow artifact, byte for byte, and has
+    # the keys `periln eval` writes for the same run
+    cell = load_sweep(path).cells[0]
+    in_run_dir = (cell.run_dir / "eval.json").read_text()
+    (tmp_path / "dl").mkdir()
+    artifact = Path(store.client.download_artifacts(rec.run_id, "eval.json", str(tmp_path / "dl")))
+    artifact = artifact.read_text()
+    assert artifact == in_run_dir
+    swept = json.loads(in_run_dir)
+    assert set(swept) == {"metrics", "meta"} and swept["meta"]["prefix_eot"] is True
+    assert swept["metrics"] == {k: v for k, v in rec.metrics.items() if k.startswith("eval/")}
+    assert main(["eval", str(cell.run_dir), "--tasks", "arc_easy,piqa", "--limit", "8", "--data-dir",
+                   str(tmp_path / "tasks"), "--output", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert set(again) == set(swept) and set(again["meta"]) == set(swept["meta"])
+    assert again["metrics"] == swept["metrics"]  # the same checkpoint, items and settings

@@ -116,12 +116,12 @@ def test_report_holds_the_constructed_numbers_with_readable_names(report):
     page = parse(report / "report.html")
     table1 = {r[0]: r for r in page.rows["table1"][1:]}
     assert set(table1) == {"Post-LN", "Pre-LN", "Peri-LN", "Mix-LN (alpha=0.25)"}  # never peri_ln
-    # placement, LR, diverged, failed to learn, 5 tasks, 5-task avg, val loss
+    # placement, LR, diverged, failed to learn, 5 tasks, 5-task avg, val loss, val bpb (none here)
     assert table1["Pre-LN"][1:4] == ["0.003", "0/2", "0/2"]
-    assert table1["Pre-LN"][-2:] == ["51.00 ± 1.41", "2.900 ± 0.141"]
-    assert table1["Peri-LN"][1] == "0.01 (largest tried)" and table1["Peri-LN"][-2:] == ["60.00 ± 0.00",
-                                                                                         "2.650 ± 0.071"]
-    assert table1["Post-LN"][1] == "0.001" and table1["Post-LN"][-1] == "3.500 ± 0.141"
+    assert table1["Pre-LN"][-3:] == ["51.00 ± 1.41", "2.900 ± 0.141", "—"]
+    assert table1["Peri-LN"][1] == "0.01 (largest tried)" and table1["Peri-LN"][-3:-1] == [
+        "60.00 ± 0.00", "2.650 ± 0.071"]
+    assert table1["Post-LN"][1] == "0.001" and table1["Post-LN"][-2] == "3.500 ± 0.141"
     assert table1["Mix-LN (alpha=0.25)"][1] == "0.001 (smallest tried)"
     lr = {r[0]: r[1:] for r in page.rows["lr"]}
     assert lr["placement"] == ["LR 0.001", "LR 0.003", "LR 0.01"]
@@ -228,7 +228,7 @@ def open_in_browser(browser, page, tmp_path):
 def test_report_opens_in_headless_chromium_offline(report, chromium, tmp_path):
     dom, console, requested = open_in_browser(chromium, report / "report.html", tmp_path)
     assert console == [] and requested == []
-    assert "Table 1: downstream accuracy and val loss" in dom and "Mix-LN (alpha=0.25)" in dom
+    assert "Table 1: downstream accuracy, val loss and val bpb" in dom and "Mix-LN (alpha=0.25)" in dom
     assert dom.count("<img ") == len(list((report / "figures").glob("*.png")))
     # the two checks can fail: a page with an error and an outside image trips both
     bad = tmp_path / "bad.html"

@@ -159,6 +159,8 @@ def test_every_problem_is_one_line_naming_file_key_and_expectation(tmp_path):
      "'placement_args'?"),
     ("name: x\nexclude: [{seed: abc}]", "{f}: exclude[0].seed: expected a number; got 'abc'"),
     ("name: x\neval: {tasks: [arc_easy], limt: 5}", "{f}: eval.limt: unknown key; did you mean 'limit'?"),
+    ("name: x\neval: {tasks: [arc_easy], prefix_eot: maybe}",
+     "{f}: eval.prefix_eot: expected true or false; got 'maybe'"),
     ("name: x\ngrid: {placement: [{name: pre_ln, arg: {}}]}",
      "{f}: grid.placement[0]: expected a placement name or {{name: ..., args: {{...}}}}; "
      "got {{'name': 'pre_ln', 'arg': {{}}}}"),
@@ -179,6 +181,13 @@ def test_cell_level_problems_name_the_cell(tmp_path):
         """)
     # reported once although both cells have it
     assert lines == [f"{f} (cell seed=0 and 1 more): train.max_steps: must be >= 1; got 0"]
+
+
+def test_eval_prefix_eot_setting(tmp_path):
+    """Unset: None (the model's own convention, decided when it is scored); else the bool given."""
+    assert load_sweep(write(tmp_path, "name: x\neval: {tasks: [piqa]}")).eval.prefix_eot is None
+    sweep = load_sweep(write(tmp_path, "name: x\neval: {tasks: [piqa], prefix_eot: false}"))
+    assert sweep.eval.prefix_eot is False and sweep.eval.to_dict()["prefix_eot"] is False
 
 
 def test_yaml_exponent_strings_are_numbers(tmp_path):

@@ -27,40 +27,41 @@ from suite.config import flatten
 # - mix_ln_alpha0.25: every LR has a diverged seed: LR 0.001 (1 of 2) beats LR 0.01 (2 of 2).
 # - diag/var (chosen LRs): pre_ln layers 1..3 = 1, 2, 4 (ratio 4); peri_ln 1, 4, 16 (ratio 16, R² of
 #   a line through (0,1), (1,4), (2,16) = 15² / (2 x 126) = 0.893).
+# - val_bpb only for pre_ln at LR 0.001: 1.2, 1.4 (1.3 ± 0.141); the other arms show none.
 RUNS_CSV = """\
-key,sweep,arm,placement,placement_args,variant,size,lr,seed,status,diverged_step,step,embed_norm,commit,dirty,train_loss,val_loss,eval/arc_easy/acc,eval/arc_easy/acc_norm,eval/hellaswag/acc_norm,eval/piqa/acc_norm,eval/social_iqa/acc,eval/winogrande/acc,diag/var/layer_00,diag/var/layer_01,diag/var/layer_02,diag/var/layer_03
-post_ln-tiny-lr0.001-s0,g,post_ln,post_ln,,,tiny,0.001,0,finished,,100,false,0123456789abcdef,false,3.3,3.4,0.99,0.40,0.20,0.50,0.30,0.40,,,,
-post_ln-tiny-lr0.001-s1,g,post_ln,post_ln,,,tiny,0.001,1,finished,,100,false,0123456789abcdef,false,3.5,3.6,,,,,,,,,,
-post_ln-tiny-lr0.01-s0,g,post_ln,post_ln,,,tiny,0.01,0,diverged,40,40,false,0123456789abcdef,false,,,,,,,,,,,,
-post_ln-tiny-lr0.01-s1,g,post_ln,post_ln,,,tiny,0.01,1,diverged,55,55,false,0123456789abcdef,false,nan,inf,,,,,,,,,,
-post_ln-tiny-lr0.01-s2,g,post_ln,post_ln,,,tiny,0.01,2,failed,,,false,0123456789abcdef,false,,,,,,,,,,,,
-pre_ln-tiny-lr0.001-s0,g,pre_ln,pre_ln,,,tiny,0.001,0,finished,,100,false,0123456789abcdef,false,2.9,3.0,0.99,0.50,0.30,0.60,0.40,0.50,0.01,1,2,4
-pre_ln-tiny-lr0.001-s1,g,pre_ln,pre_ln,,,tiny,0.001,1,finished,,100,false,0123456789abcdef,false,3.1,3.2,0.99,0.52,0.32,0.62,0.42,0.52,0.01,1,2,4
-pre_ln-tiny-lr0.01-s0,g,pre_ln,pre_ln,,,tiny,0.01,0,finished,,100,false,0123456789abcdef,false,2.7,2.8,,,,,,,,,,
-pre_ln-tiny-lr0.01-s1,g,pre_ln,pre_ln,,,tiny,0.01,1,diverged,70,70,false,0123456789abcdef,false,9.9,9.9,,,,,,,,,,
-peri_ln-tiny-lr0.001-s0,g,peri_ln,peri_ln,,,tiny,0.001,0,finished,,100,true,0123456789abcdef,false,2.8,2.9,,,,,,,,,,
-peri_ln-tiny-lr0.001-s1,g,peri_ln,peri_ln,,,tiny,0.001,1,finished,,100,true,0123456789abcdef,false,2.9,3.0,,,,,,,,,,
-peri_ln-tiny-lr0.01-s0,g,peri_ln,peri_ln,,,tiny,0.01,0,finished,,100,true,0123456789abcdef,false,2.6,2.7,0.99,0.60,0.40,0.70,0.50,0.60,1,1,4,16
-peri_ln-tiny-lr0.01-s1,g,peri_ln,peri_ln,,,tiny,0.01,1,finished,,100,true,0123456789abcdef,false,2.5,2.6,0.99,0.60,0.40,0.70,0.50,0.60,1,1,4,16
-mix_ln_alpha0.25-tiny-lr0.001-s0,g,mix_ln_alpha0.25,mix_ln,alpha=0.25,,tiny,0.001,0,finished,,100,false,0123456789abcdef,false,3.2,3.3,,,,,,,,,,
-mix_ln_alpha0.25-tiny-lr0.001-s1,g,mix_ln_alpha0.25,mix_ln,alpha=0.25,,tiny,0.001,1,diverged,80,80,false,0123456789abcdef,false,,,,,,,,,,,,
-mix_ln_alpha0.25-tiny-lr0.01-s0,g,mix_ln_alpha0.25,mix_ln,alpha=0.25,,tiny,0.01,0,diverged,20,20,false,0123456789abcdef,false,,,,,,,,,,,,
-mix_ln_alpha0.25-tiny-lr0.01-s1,g,mix_ln_alpha0.25,mix_ln,alpha=0.25,,tiny,0.01,1,diverged,30,30,false,0123456789abcdef,false,,,,,,,,,,,,
+key,sweep,arm,placement,placement_args,variant,size,lr,seed,status,diverged_step,step,embed_norm,commit,dirty,train_loss,val_loss,eval/arc_easy/acc,eval/arc_easy/acc_norm,eval/hellaswag/acc_norm,eval/piqa/acc_norm,eval/social_iqa/acc,eval/winogrande/acc,diag/var/layer_00,diag/var/layer_01,diag/var/layer_02,diag/var/layer_03,val_bpb
+post_ln-tiny-lr0.001-s0,g,post_ln,post_ln,,,tiny,0.001,0,finished,,100,false,0123456789abcdef,false,3.3,3.4,0.99,0.40,0.20,0.50,0.30,0.40,,,,,
+post_ln-tiny-lr0.001-s1,g,post_ln,post_ln,,,tiny,0.001,1,finished,,100,false,0123456789abcdef,false,3.5,3.6,,,,,,,,,,,
+post_ln-tiny-lr0.01-s0,g,post_ln,post_ln,,,tiny,0.01,0,diverged,40,40,false,0123456789abcdef,false,,,,,,,,,,,,,
+post_ln-tiny-lr0.01-s1,g,post_ln,post_ln,,,tiny,0.01,1,diverged,55,55,false,0123456789abcdef,false,nan,inf,,,,,,,,,,,
+post_ln-tiny-lr0.01-s2,g,post_ln,post_ln,,,tiny,0.01,2,failed,,,false,0123456789abcdef,false,,,,,,,,,,,,,
+pre_ln-tiny-lr0.001-s0,g,pre_ln,pre_ln,,,tiny,0.001,0,finished,,100,false,0123456789abcdef,false,2.9,3.0,0.99,0.50,0.30,0.60,0.40,0.50,0.01,1,2,4,1.2
+pre_ln-tiny-lr0.001-s1,g,pre_ln,pre_ln,,,tiny,0.001,1,finished,,100,false,0123456789abcdef,false,3.1,3.2,0.99,0.52,0.32,0.62,0.42,0.52,0.01,1,2,4,1.4
+pre_ln-tiny-lr0.01-s0,g,pre_ln,pre_ln,,,tiny,0.01,0,finished,,100,false,0123456789abcdef,false,2.7,2.8,,,,,,,,,,,
+pre_ln-tiny-lr0.01-s1,g,pre_ln,pre_ln,,,tiny,0.01,1,diverged,70,70,false,0123456789abcdef,false,9.9,9.9,,,,,,,,,,,
+peri_ln-tiny-lr0.001-s0,g,peri_ln,peri_ln,,,tiny,0.001,0,finished,,100,true,0123456789abcdef,false,2.8,2.9,,,,,,,,,,,
+peri_ln-tiny-lr0.001-s1,g,peri_ln,peri_ln,,,tiny,0.001,1,finished,,100,true,0123456789abcdef,false,2.9,3.0,,,,,,,,,,,
+peri_ln-tiny-lr0.01-s0,g,peri_ln,peri_ln,,,tiny,0.01,0,finished,,100,true,0123456789abcdef,false,2.6,2.7,0.99,0.60,0.40,0.70,0.50,0.60,1,1,4,16,
+peri_ln-tiny-lr0.01-s1,g,peri_ln,peri_ln,,,tiny,0.01,1,finished,,100,true,0123456789abcdef,false,2.5,2.6,0.99,0.60,0.40,0.70,0.50,0.60,1,1,4,16,
+mix_ln_alpha0.25-tiny-lr0.001-s0,g,mix_ln_alpha0.25,mix_ln,alpha=0.25,,tiny,0.001,0,finished,,100,false,0123456789abcdef,false,3.2,3.3,,,,,,,,,,,
+mix_ln_alpha0.25-tiny-lr0.001-s1,g,mix_ln_alpha0.25,mix_ln,alpha=0.25,,tiny,0.001,1,diverged,80,80,false,0123456789abcdef,false,,,,,,,,,,,,,
+mix_ln_alpha0.25-tiny-lr0.01-s0,g,mix_ln_alpha0.25,mix_ln,alpha=0.25,,tiny,0.01,0,diverged,20,20,false,0123456789abcdef,false,,,,,,,,,,,,,
+mix_ln_alpha0.25-tiny-lr0.01-s1,g,mix_ln_alpha0.25,mix_ln,alpha=0.25,,tiny,0.01,1,diverged,30,30,false,0123456789abcdef,false,,,,,,,,,,,,,
 """
 
 GOLDEN_TABLE1 = "\n".join([
     "### size tiny",
     "",
     "| placement | LR | diverged | failed to learn | ARC-Easy | HellaSwag | PIQA | SIQA | Winogrande "
-    "| 5-task avg | val loss |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "| 5-task avg | val loss | val bpb |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
     "| Post-LN | 0.001 (smallest tried) | 0/2 | 0/2 | 40.00 | 20.00 | 50.00 | 30.00 | 40.00 | 36.00 "
-    "| 3.500 ± 0.141 |",
+    "| 3.500 ± 0.141 | — |",
     "| Pre-LN | 0.001 (smallest tried) | 0/2 | 0/2 | 51.00 ± 1.41 | 31.00 ± 1.41 | 61.00 ± 1.41 "
-    "| 41.00 ± 1.41 | 51.00 ± 1.41 | 47.00 ± 1.41 | 3.100 ± 0.141 |",
+    "| 41.00 ± 1.41 | 51.00 ± 1.41 | 47.00 ± 1.41 | 3.100 ± 0.141 | 1.300 ± 0.141 |",
     "| Peri-LN | 0.01 (largest tried) | 0/2 | 0/2 | 60.00 ± 0.00 | 40.00 ± 0.00 | 70.00 ± 0.00 "
-    "| 50.00 ± 0.00 | 60.00 ± 0.00 | 56.00 ± 0.00 | 2.650 ± 0.071 |",
-    "| Mix-LN (alpha=0.25) | 0.001 (smallest tried) | 1/2 | 0/2 | — | — | — | — | — | — | 3.300 |",
+    "| 50.00 ± 0.00 | 60.00 ± 0.00 | 56.00 ± 0.00 | 2.650 ± 0.071 | — |",
+    "| Mix-LN (alpha=0.25) | 0.001 (smallest tried) | 1/2 | 0/2 | — | — | — | — | — | — | 3.300 | — |",
     "",
     "- Peri-LN: embedding norm on.",
     "- Excluded from every table: 1 failed run(s).",
@@ -110,7 +111,7 @@ def test_table1_and_lr_sensitivity_match_golden_markdown(runs_csv, tmp_path):
     md = (tmp_path / "out" / "tables.md").read_text()
     assert md.splitlines()[0] == ("*generated by `periln tables` (suite/tables.py) from runs.csv "
                                   f"(sha256 {_sha(runs_csv)}) at commit 0123456789ab; do not edit*")
-    caption, body = section(md, "Table 1: downstream accuracy and val loss")
+    caption, body = section(md, "Table 1: downstream accuracy, val loss and val bpb")
     assert body == GOLDEN_TABLE1
     # the rules are stated in the caption
     for phrase in ("no diverged seed", "lowest mean final val loss", "ties: the smaller LR",
@@ -275,8 +276,8 @@ def test_export_from_a_real_mlflow_store(tmp_path):
                                   dict(cfg.identity, git_commit="c0ffee" * 7, git_dirty="False"))
         for step, loss in ((10, 5.0), (20, 4.0), (20, 3.9), (30, 3.5)):  # step 20 logged twice (resume)
             store.log_metrics(run_id, {"train/loss": loss}, step=step)
-        store.log_metrics(run_id, {"val/loss": 3.6, "eval/piqa/acc_norm": 0.7, "diag/var/layer_01": 2.0},
-                          step=30)
+        store.log_metrics(run_id, {"val/loss": 3.6, "val/bpb": 1.25, "eval/piqa/acc_norm": 0.7,
+                                   "eval/piqa/bpb": 1.5, "diag/var/layer_01": 2.0}, step=30)
         store.set_status(run_id, "diverged" if cfg.placement == "mix_ln" else "finished", step=30,
                          diverged_step=25 if cfg.placement == "mix_ln" else None)
     runs_csv, curves_csv = R.export("exp", tmp_path / "out", uri)
@@ -286,6 +287,7 @@ def test_export_from_a_real_mlflow_store(tmp_path):
     assert (peri["arm"], peri["size"], peri["lr"], peri["seed"], peri["status"]) == (
         "peri_ln", "tiny", 0.003, 1, "finished")
     assert peri["train_loss"] == 3.5 and peri["val_loss"] == 3.6 and peri["eval/piqa/acc_norm"] == 0.7
+    assert peri["val_bpb"] == 1.25 and "val/bpb" not in peri and peri["eval/piqa/bpb"] == 1.5
     assert peri["embed_norm"] == "true" and peri["commit"] == "c0ffee" * 7 and peri["step"] == 30
     assert (mix["arm"], mix["placement_args"], mix["status"], mix["diverged_step"]) == (
         "mix_ln_alpha0.25", "alpha=0.25", "diverged", 25)

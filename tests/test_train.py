@@ -101,3 +101,21 @@ def test_a_finished_run_is_not_retrained_and_keeps_its_result(tmp_path, run_over
     with pytest.raises(ConfigError, match=r"train.max_steps: recorded '6', now '8'.*sweep=NAME or out_dir="):
         train(longer, [rec])
     assert rec.losses == {} and path.read_bytes() == before
+
+
+def test_val_bpb_is_the_val_loss_per_byte(tmp_path, run_overrides):
+    """The byte tokenizer on the synthetic held-out documents: tokens = their bytes + one end-of-text
+    per document (it carries no text), so val/bpb = val/loss * (B + D) / (B ln 2), B and D counted
+    here from the documents themselves."""
+    from suite import synthetic
+    from suite.data import SYNTHETIC_VAL_SEED
+
+    cfg = load_run_config(None, run_overrides + ["train.max_steps=4", "train.val_every=4"])
+    result = train(cfg)
+    docs = synthetic.documents(max(200, cfg.data.synthetic_docs // 50), SYNTHETIC_VAL_SEED)
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+    assert n_bytes + len(docs) < cfg.data.val_tokens  # the whole held-out set is in the cache
+    want = result["val_loss"] * (n_bytes + len(docs)) / (n_bytes * math.log(2))
+    assert result["val_bpb"] == pytest.approx(want, rel=1e-5)
+    logged = (cfg.run_dir / "logs").rglob("metrics.csv")
+    assert any("val/bpb" in f.read_text().splitlines()[0] for f in logged)
