@@ -558,3 +558,28 @@ def test_readme_add_a_placement_example_registers_and_trains_a_sweep_cell(tmp_pa
     finally:
         PLACEMENTS.pop(name, None)  # leave the registry as the other tests expect it
         sys.modules.pop(spec.name, None)
+
+
+def test_readme_zero_init_gate_example_passes_the_generic_checks(tmp_path):
+    section, _, _ = readme_example()
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[1]  # the second example
+    name = re.search(r'@register\("(\w+)"\)', code).group(1)
+    path = tmp_path / f"{name}.py"
+    path.write_text(code)
+    spec = importlib.util.spec_from_file_location(f"readme_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        cls = PLACEMENTS[name]
+        assert cls.zero_init_gate and cls.equation().startswith("ReZero + final norm")
+        m = tiny(name)
+        assert not isinstance(m.final_norm, torch.nn.Identity)
+        assert_every_parameter_learns(m, name)
+        # undeclared, the same arm fails the check, and the message says what to declare
+        cls.zero_init_gate = False
+        with pytest.raises(AssertionError, match="declare zero_init_gate = True"):
+            assert_every_parameter_learns(tiny(name), name)
+    finally:
+        PLACEMENTS.pop(name, None)
+        sys.modules.pop(spec.name, None)
