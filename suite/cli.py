@@ -235,24 +235,40 @@ def _submit(p: argparse.ArgumentParser) -> Handler:
     _best_lr_args(p)
 
     def run(args: argparse.Namespace) -> int:
-        from suite.launch import cell_states, submit, wait
+        import time
+
+        from suite import tracking
+        from suite.launch import cell_states, clock, submit, wait
         from suite.sweep import load_sweep
-        from suite.tracking import redact
 
         sweep = _best_lr_sweep(load_sweep(args.sweep, args.overrides), args)
         if args.deadline is not None and not args.deadline > 0:
             raise ConfigError(f"--deadline {args.deadline:g}: expected seconds > 0")
+        t0 = time.perf_counter()
         sub = submit(sweep, args.executor, args.profile, args.only, args.dry_run, args.tracking_uri,
-                     parallel=args.parallel, progress=print, deadline_s=args.deadline)
+                     parallel=args.parallel, deadline_s=args.deadline,
+                     progress=lambda line: print(f"[{clock(time.perf_counter() - t0)}] {line}", flush=True))
         for key, why in sub.plan.skip.items():
             print(f"skip   {key}: {why}")
         for cell in sub.plan.submit:
             what = "resume" if cell.key in sub.plan.resume else "new   "
             job = f"  (job {sub.job_ids[cell.key]})" if cell.key in sub.job_ids else ""
             print(f"{what} {cell.key}{job}")
-        late = f", {len(sub.not_started)} not started (deadline)" if sub.not_started else ""
-        print(f"{len(sub.plan.submit)} submitted, {len(sub.plan.skip)} skipped{late} in {sub.seconds:.2f} s; "
-              f"MLflow store {redact(sub.tracking_uri)}")
+        finished = sum(why in tracking.DONE for why in sub.plan.skip.values())
+        others = len(sub.plan.skip) - finished
+        if args.dry_run:
+            print(f"dry run: would submit {len(sub.plan.submit)} cells ({len(sub.plan.resume)} resumed), "
+                  f"{finished} already finished, {others} skipped (queued or running); nothing "
+                  f"recorded in {tracking.redact(sub.tracking_uri)}")
+        else:
+            late = f", {len(sub.not_started)} not started (deadline)" if sub.not_started else ""
+            print(f"{len(sub.plan.submit)} submitted, {finished} already finished, {others} skipped"
+                  f"{late} in {sub.seconds:.2f} s; MLflow store {tracking.redact(sub.tracking_uri)}")
+        if sub.experiment_id is not None:
+            ui = tracking.ui_address(sub.tracking_uri)
+            how = "" if ui == sub.tracking_uri else (
+                f" (start the UI: periln mlflow-ui {' '.join([args.sweep, *args.overrides])})")
+            print(f"MLflow runs: {tracking.redact(tracking.runs_url(ui, sub.experiment_id))}{how}")
         if args.dry_run:
             if sub.script:
                 print(f"--- sbatch script (dry run, in {sub.folder}) ---\n{sub.script}")
@@ -393,16 +409,21 @@ def _mlflow_ui(p: argparse.ArgumentParser) -> Handler:
     def run(args: argparse.Namespace) -> int:
         import os
 
+        from suite import tracking
         from suite.launch import mlflow_server_command
         from suite.sweep import load_sweep
 
-        out = load_sweep(args.sweep, args.overrides).out_dir if args.sweep else args.out
-        from suite.tracking import redact
-
+        sweep = load_sweep(args.sweep, args.overrides) if args.sweep else None
+        out = sweep.out_dir if sweep else args.out
         cmd, env = mlflow_server_command(out, args.tracking_uri, args.port)
-        shown = " ".join(f"{k}={redact(v)}" for k, v in env.items())
-        print(f"MLflow UI at http://127.0.0.1:{args.port} (Ctrl-C stops it):\n  {shown} {' '.join(cmd)}",
-              flush=True)
+        shown = " ".join(f"{k}={tracking.redact(v)}" for k, v in env.items())
+        ui = f"http://127.0.0.1:{args.port}"
+        print(f"MLflow UI at {ui} (Ctrl-C stops it):\n  {shown} {' '.join(cmd)}", flush=True)
+        if sweep is not None:
+            store = tracking.Store(tracking.store_uri(out, args.tracking_uri))
+            exp_id = store.experiment_id(sweep.name, create=False)
+            print(f"runs of sweep {sweep.name}: " + (tracking.runs_url(ui, exp_id) if exp_id else
+                                                      "none yet (periln submit it first)"), flush=True)
         os.execvpe(cmd[0], cmd, {**os.environ, **env})
 
     return run
@@ -547,10 +568,22 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml), from its metadata."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("periln-suite")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (periln-suite is not installed: pip install -e .)"
+
+
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `verb`'s arguments are set up (None: all), because a verb's set-up may
     import heavy modules (Lightning, lm-eval) that the other verbs and `--help` do not need."""
     parser = Parser(prog="periln", description=" ".join(__doc__.split()))
+    parser.add_argument("--version", action="version", version=f"periln {version()}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=Parser)
     handlers = {}
     for name, (help, example, setup) in COMMANDS.items():

@@ -93,6 +93,9 @@ class DiagnosticsConfig:
     probe_batch: int = 4  # sequences of the first training batch kept as the fixed probe batch
     spike_ratio: float = 5.0  # r: a step is a spike when its pre-clip grad norm > r x trailing median
     spike_window: int = 50  # steps in the trailing median; no spike is counted before it is full
+    # a spike also needs a norm above this: where gradients start near zero (a zero-init gate:
+    # ReZero) the median is near zero and any rise is a large ratio, not a spike
+    spike_floor: float = 0.01
     diverge_loss: float | None = None  # loss threshold; None: 1.2 x ln(vocab), 20% worse than uniform
     diverge_patience: int = 50  # N: consecutive steps above the threshold that count as divergence
     check_every: int = 10  # steps between host reads of loss/grad norm (the rules still see every step)
@@ -103,6 +106,8 @@ class DiagnosticsConfig:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         if not self.spike_ratio > 1:
             raise ValueError(f"spike_ratio must be > 1; got {self.spike_ratio}")
+        if not self.spike_floor >= 0:
+            raise ValueError(f"spike_floor must be >= 0; got {self.spike_floor}")
         if self.diverge_loss is not None and not self.diverge_loss > 0:
             raise ValueError(f"diverge_loss must be > 0 (or null); got {self.diverge_loss}")
 

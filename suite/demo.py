@@ -18,7 +18,6 @@ Everything lands under one folder (default results/demo/):
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,57 +28,6 @@ from models import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "sweeps" / "smoke.yaml"
-DONE_STATES = ("finished", "failed_to_learn", "diverged", "failed")
-
-
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    return f"{m}:{s:02d}"
-
-
-class Progress:
-    """Cells done / running / left, from the MLflow records, printed whenever the counts change
-    (and every `every_s` seconds while nothing does, so a long cell still shows life)."""
-
-    def __init__(self, sweep: Any, keys: Sequence[str], uri: str, say: Callable[[str], None],
-                 start: float, poll_s: float = 2.0, every_s: float = 30.0) -> None:
-        self.sweep, self.keys, self.uri, self.say = sweep, set(keys), uri, say
-        self.start, self.poll_s, self.every_s = start, poll_s, every_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="demo-progress", daemon=True)
-        self._last: tuple[int, int, int] | None = None
-        self._last_t = 0.0
-
-    def counts(self) -> tuple[int, int, int]:
-        from suite.launch import cell_states
-
-        states = [r.state for r in cell_states(self.sweep, self.uri) if r.key in self.keys]
-        done = sum(s in DONE_STATES for s in states)
-        running = sum(s == "running" for s in states)
-        return done, running, len(states) - done - running
-
-    def report(self, force: bool = False) -> None:
-        try:
-            counts = self.counts()
-        except Exception:  # noqa: BLE001 -- the store is busy: the next poll reports
-            return
-        now = time.perf_counter()
-        if force or counts != self._last or now - self._last_t >= self.every_s:
-            done, running, left = counts
-            self.say(f"[{_clock(now - self.start)}] cells: {done} done, {running} running, {left} left")
-            self._last, self._last_t = counts, now
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            self.report()
-
-    def __enter__(self) -> Progress:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
 
 def run_demo(out: str | Path = "results/demo", sweep_file: str | Path = SMOKE,
@@ -109,12 +57,9 @@ def run_demo(out: str | Path = "results/demo", sweep_file: str | Path = SMOKE,
         f"{cells[0].train.max_steps} steps each, scored on {', '.join(PAPER_TASKS)} "
         f"({eval_limit or 'all'} items each, offline); records in {uri}")
 
-    tracking.prepare_store(uri)  # before the progress reader and the jobs touch it
-    with Progress(sweep, [c.key for c in cells], uri, say, start) as progress:
-        progress.report(force=True)
-        sub = launch.submit(sweep, "local", only=list(only), parallel=parallel,
-                            progress=lambda line: say(f"[{_clock(time.perf_counter() - start)}] {line}"))
-    progress.report(force=True)
+    # the local executor says cells done / running / left and an ETA while it waits (launch.Progress)
+    sub = launch.submit(sweep, "local", only=list(only), parallel=parallel,
+                        progress=lambda line: say(f"[{launch.clock(time.perf_counter() - start)}] {line}"))
     for key, why in sub.plan.skip.items():
         say(f"skipped {key}: {why}")
 
@@ -158,5 +103,7 @@ def summary(result: dict[str, Any]) -> str:
     if result["errors"]:
         lines += ["", f"{len(result['errors'])} cell(s) failed:"]
         lines += [f"  {k}: {v}" for k, v in sorted(result["errors"].items())]
-    lines += ["", f"demo finished in {_clock(result['seconds'])} (m:ss)"]
+    from suite.launch import clock
+
+    lines += ["", f"demo finished in {clock(result['seconds'])} (m:ss)"]
     return "\n".join(lines)

@@ -30,8 +30,10 @@ Every step (read on the host every `check_every` steps, logged with each probe a
                                       (suite/train.py); the callback reuses the same value
     diag/spikes                       cumulative count of gradient spikes: steps whose pre-clip
                                       global norm exceeds `spike_ratio` (r) x the median of the
-                                      previous `spike_window` steps' finite norms; none is counted
-                                      before the window is full
+                                      previous `spike_window` steps' finite norms and
+                                      `spike_floor` (an absolute norm: near-zero early gradients,
+                                      as behind ReZero's zero-init gates, are no spike however
+                                      large their ratio); none is counted before the window is full
     diag/sublayer_maxabs              max |F(x)| over every sub-layer's own output (attention and
                                       MLP, before any output norm)
     diag/fp16_overflow                cumulative count of probes whose FORWARD activations (stream
@@ -210,7 +212,8 @@ class Diagnostics(Callback):
                 self.above = 0
         if math.isfinite(grad_norm):
             window = self.history
-            if len(window) == window.maxlen and grad_norm > self.cfg.spike_ratio * statistics.median(window):
+            if (len(window) == window.maxlen and grad_norm > self.cfg.spike_floor
+                    and grad_norm > self.cfg.spike_ratio * statistics.median(window)):
                 self.spikes += 1
             window.append(grad_norm)
         elif self._fp16:  # the GradScaler's calibration and post-growth steps: by design, not overflow

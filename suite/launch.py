@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Mapping
@@ -268,6 +269,7 @@ class Submission:
     script: str | None = None  # --dry-run: the sbatch script
     seconds: float = 0.0
     tracking_uri: str | None = None
+    experiment_id: str | None = None  # the sweep's MLflow experiment (None: a dry run on no store)
 
 
 def git_state(path: str | Path = ".") -> tuple[str, bool | None]:
@@ -389,6 +391,7 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
 
     if dry_run and tracking._sqlite_path(uri) and not tracking._sqlite_path(uri).exists():
         records: dict = {}
+        exp_id = None
     else:
         if not dry_run:
             tracking.prepare_store(uri)  # once, before any job writes
@@ -397,7 +400,7 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
                                      create=not dry_run)
         records = store.runs(exp_id)
     todo = plan(cells, records, executor)
-    sub = Submission(plan=todo, executor=executor, tracking_uri=uri)
+    sub = Submission(plan=todo, executor=executor, tracking_uri=uri, experiment_id=exp_id)
 
     # every recorded cell, finished ones too: a result is never reused under other settings
     params_of = {c.key: flatten(resolve_budget(c).to_dict()) for c in cells}
@@ -449,7 +452,8 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
         _run_debug(sub, jobs, say)
     else:
         flops = {c.key: f for c, f in zip(todo.submit, _cell_flops(todo.submit))}
-        _run_local(sub, jobs, params, parallel, say, deadline_s=deadline_s, flops=flops)
+        with Progress(sweep, [c.key for c in cells], uri, say):
+            _run_local(sub, jobs, params, parallel, say, deadline_s=deadline_s, flops=flops)
     sub.seconds = time.perf_counter() - start
     return sub
 
@@ -648,6 +652,81 @@ def wait(sub: Submission, poll_s: float = 2.0, timeout_s: float | None = None) -
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"jobs still active after {timeout_s} s: {final}")
         time.sleep(poll_s)
+
+
+# -------------------------------------------------------------------------------------- progress
+
+# states in which a cell will not run again in this submission
+ENDED = ("finished", "failed_to_learn", "diverged", "failed")
+
+
+def clock(seconds: float) -> str:
+    """m:ss, h:mm:ss from an hour on."""
+    h, rest = divmod(int(round(seconds)), 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def eta_s(ended: int, to_go: int, elapsed_s: float) -> float | None:
+    """Seconds until the `to_go` cells (running and left) end, at the pace of the `ended` cells that
+    ended during the `elapsed_s` seconds so far (wall-clock, so the parallelism is in it); None
+    before any cell ended."""
+    return None if ended <= 0 else to_go * elapsed_s / ended
+
+
+class Progress:
+    """Cells done / running / left from the MLflow records, and an ETA once a cell has ended in this
+    submission, said whenever the counts change (and every `every_s` seconds while nothing does,
+    so a long cell still shows life). A context manager: says the counts on entry and exit."""
+
+    def __init__(self, sweep: Sweep, keys: Iterable[str], uri: str, say: Any,
+                 poll_s: float = 2.0, every_s: float = 30.0) -> None:
+        self.sweep, self.keys, self.uri, self.say = sweep, set(keys), uri, say
+        self.poll_s, self.every_s = poll_s, every_s
+        self.start = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="periln-progress", daemon=True)
+        self._last: tuple[int, int, int] | None = None
+        self._last_t = 0.0
+        self._done_at_start: int | None = None
+
+    def counts(self) -> tuple[int, int, int]:
+        states = [r.state for r in cell_states(self.sweep, self.uri) if r.key in self.keys]
+        done = sum(s in ENDED for s in states)
+        running = sum(s == "running" for s in states)
+        return done, running, len(states) - done - running
+
+    def line(self, counts: tuple[int, int, int], elapsed_s: float) -> str:
+        done, running, left = counts
+        if self._done_at_start is None:
+            self._done_at_start = done
+        eta = eta_s(done - self._done_at_start, running + left, elapsed_s)
+        tail = f", about {clock(eta)} to go" if eta is not None and running + left else ""
+        return f"cells: {done} done, {running} running, {left} left{tail}"
+
+    def report(self, force: bool = False) -> None:
+        try:
+            counts = self.counts()
+        except Exception:  # noqa: BLE001 -- the store is busy: the next poll reports
+            return
+        now = time.perf_counter()
+        if force or counts != self._last or now - self._last_t >= self.every_s:
+            self.say(self.line(counts, now - self.start))
+            self._last, self._last_t = counts, now
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.report()
+
+    def __enter__(self) -> Progress:
+        self.report(force=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.report(force=True)
 
 
 # ---------------------------------------------------------------------------------------- status

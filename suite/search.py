@@ -856,14 +856,58 @@ def report(sweep: Sweep, results: str | Path | None = None,
     return table, written
 
 
+EDGE_SHARE = 0.1  # tpe: a best lr in the outer tenth of the log range is at its edge (ours)
+
+
+def lr_range(study: optuna.Study) -> tuple[float, float] | None:
+    """The log range the study's trials drew their lr from (grid: the lowest and highest grid lr)."""
+    for t in study.get_trials(deepcopy=False):
+        dist = t.distributions.get("lr")
+        if dist is not None:
+            return float(dist.low), float(dist.high)
+    return None
+
+
+def edge(lr: float, low: float, high: float, method: str) -> str | None:
+    """"low" or "high" when `lr` is at that edge of [low, high]: grid, the lowest or highest grid
+    lr; tpe, within EDGE_SHARE of the log range from a bound. Else None."""
+    if high <= low:
+        return None
+    if method == "grid":
+        return "low" if math.isclose(lr, low, rel_tol=1e-9) else "high" if math.isclose(
+            lr, high, rel_tol=1e-9) else None
+    share = math.log(lr / low) / math.log(high / low)
+    return "low" if share <= EDGE_SHARE else "high" if share >= 1 - EDGE_SHARE else None
+
+
+def edge_warning(study: optuna.Study, best: Best, method: str) -> str | None:
+    """A warning line when the chosen lr is at the edge of the study's range: the best lr may lie
+    beyond it, and a placement compared at it is compared at a bound, not at its optimum."""
+    span = lr_range(study)
+    if best.lr is None or span is None:
+        return None
+    side = edge(best.lr, *span, method)
+    if side is None:
+        return None
+    knob = "grid.lr" if method == "grid" else "search.lr"
+    beyond = "lower" if side == "low" else "higher"
+    return (f"warning: {best.label}: best lr {best.lr:g} is at the {side} edge of its search range "
+            f"[{span[0]:g}, {span[1]:g}]; the best may be {beyond}: widen {knob} and search again")
+
+
 def summary(sweep: Sweep) -> list[str]:
-    """One line per study: trials by state and the chosen lr."""
+    """One line per study: trials by state and the chosen lr; then a warning for each chosen lr at
+    the edge of its study's range."""
     storage = existing_storage(sweep)
-    lines = []
+    lines, edges = [], []
     for name in _study_names(storage, f"{sweep.name}/"):
-        b = best_of(optuna.load_study(study_name=name, storage=storage))
+        study = optuna.load_study(study_name=name, storage=storage)
+        b = best_of(study)
         chosen = f"best lr {b.lr:g} (val loss {b.val_loss:.4f}, trial {b.trial})" if b.lr is not None \
             else "no finished trial"
         lines.append(f"{b.label:<36} {b.complete} complete, {b.failed} failed/pruned, {b.pending} pending; "
                      f"{chosen}")
-    return lines
+        warning = edge_warning(study, b, _spec(sweep).method)
+        if warning:
+            edges.append(warning)
+    return lines + edges

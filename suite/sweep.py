@@ -527,6 +527,12 @@ def format_plan(sweep: Sweep, cells: list[RunConfig], mfu: float = cost.DEFAULT_
         steps = cost.resolve_budget(cell).train.max_steps
         lines.append(f"{cell.key:<44}{steps:>8}{_si(c.tokens):>10}{c.flops / 1e15:>12.4g}"
                      f"{c.gpu_hours:>10.4g}")
+    for axis in ("size", "placement"):
+        lines.append(f"{'per ' + axis:<44}{'cells':>8}{'tokens':>10}{'PFLOPs':>12}{'GPU-h':>10}")
+        for value, group in _subtotals(cells, costs, axis).items():
+            lines.append(f"  {value:<42}{len(group):>8}{_si(sum(c.tokens for c in group)):>10}"
+                         f"{sum(c.flops for c in group) / 1e15:>12.4g}"
+                         f"{sum(c.gpu_hours for c in group):>10.4g}")
     tokens = sum(c.tokens for c in costs.values())
     flops = sum(c.flops for c in costs.values())
     hours = sum(c.gpu_hours for c in costs.values())
@@ -534,6 +540,17 @@ def format_plan(sweep: Sweep, cells: list[RunConfig], mfu: float = cost.DEFAULT_
                  f"{mfu:g} of {peak_flops / 1e12:g} TFLOP/s per GPU (FLOPs: 6 x (non-embedding + "
                  f"LM-head params) + 12 x layers x d x seq per token)")
     return "\n".join(lines)
+
+
+def _subtotals(cells: list[RunConfig], costs: Mapping[str, cost.Cost],
+               axis: str) -> dict[str, list[cost.Cost]]:
+    """The cells' costs grouped by `axis` (size: the run's size; placement: the arm, i.e. the
+    placement with its arguments and variant), in the order the cells come."""
+    out: dict[str, list[cost.Cost]] = {}
+    for cell in cells:
+        value = cell.size if axis == "size" else cell.arm
+        out.setdefault(value, []).append(costs[cell.key])
+    return out
 
 
 def _si(n: float) -> str:

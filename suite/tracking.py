@@ -9,6 +9,21 @@ run config, flattened (`train.max_steps`, ...); metrics: whatever the trainer lo
 written in batches by a background thread (MlflowMetrics); artifacts: the resolved config
 (config.yaml) and, after a failure, the traceback (error.txt).
 
+How it reads in the MLflow UI: the experiment is tagged as classic model development
+(`mlflow.experimentKind` = `custom_model_development`, the value MLflow 3's UI uses), so it opens on
+the runs table, not the GenAI overview; `runs_url` is the address of that table (the UI routes with
+a hash: `<ui>/#/experiments/<id>/runs`). Each run also gets MLflow's own system metrics
+(`system/cpu_utilization_percentage`, memory, disk, network; GPU utilisation and memory when
+`nvidia-ml-py` (pynvml) is installed) every `SYSTEM_EVERY_S` seconds while it trains, when psutil is
+installed and MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is not false.
+
+Metric names and the UI's chart sections: the UI groups charts by the name before its last "/" and
+sorts the sections alphabetically, so `diag/...` (the probes) comes before `train` (train/loss,
+train/grad_norm) and `val` (val/loss). The names stay as they are: figures, claims, records, the
+search and `periln status` read them, and renaming losses to sort first would change the CSV
+schema for every reader; a section can be collapsed in the UI, and `periln status` / the tables
+show the losses first.
+
 The embedded default store is sqlite under the results directory (`<out_dir>/mlflow.db`,
 artifacts in `<out_dir>/mlartifacts/`). Several processes creating a brand-new sqlite store at
 once corrupt it, so `prepare_store` creates (or upgrades) it once, under a file lock, before any
@@ -57,6 +72,11 @@ _MLFLOW_STATUS = {"queued": "SCHEDULED", "running": "RUNNING", "interrupted": "K
 # MLflow's limits per log_batch call (mlflow.utils.validation)
 _BATCH_METRICS, _BATCH_PARAMS, _BATCH_TAGS = 1000, 100, 100
 _TAG_MAX = 5000
+# MLflow 3's UI opens an experiment without this tag on the GenAI overview; this value (its
+# ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, "Machine learning") opens the runs table
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+SYSTEM_PREFIX = "system/"  # MLflow's system metrics (mlflow.system_metrics)
+SYSTEM_EVERY_S = 10.0  # seconds between system-metric samples (MLflow's default; ours to keep it)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +137,17 @@ def check_store(uri: str, timeout_s: float = 5.0) -> None:
 
 def _sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def runs_url(ui: str, experiment_id: str) -> str:
+    """The runs table of an experiment in the MLflow UI at `ui` (the UI's hash route)."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
+
+
+def ui_address(uri: str, port: int = 5000) -> str:
+    """Where the UI of a store is: a server store is its own UI; a sqlite (or other database) store
+    is shown by `periln mlflow-ui` on 127.0.0.1:`port`."""
+    return uri if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
 
 
 def artifact_root(uri: str, out_dir: str | Path) -> str | None:
@@ -193,11 +224,15 @@ class Store:
                               f"(mlflow experiments restore --experiment-id {exp.experiment_id}) "
                               "or rename the sweep")
         if exp is not None:
+            if create and EXPERIMENT_KIND_TAG not in exp.tags:  # made before the tag (or by hand)
+                _retrying(self.client.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND_TAG,
+                          EXPERIMENT_KIND)
             return exp.experiment_id
         if not create:
             return None
         try:
-            return self.client.create_experiment(name, artifact_location=artifact_location)
+            return self.client.create_experiment(name, artifact_location=artifact_location,
+                                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # created by another submitter meanwhile
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -265,8 +300,18 @@ class Store:
     def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
         return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
 
-    def logger(self, run_id: str, flush_every_s: float = 5.0) -> MlflowMetrics:
-        return MlflowMetrics(self, run_id, flush_every_s)
+    def logger(self, run_id: str, flush_every_s: float = 5.0,
+               system_every_s: float | None = SYSTEM_EVERY_S) -> MlflowMetrics:
+        return MlflowMetrics(self, run_id, flush_every_s, system_every_s)
+
+
+def system_metrics_available() -> bool:
+    """Whether runs get MLflow's system metrics: psutil installed, and not switched off with
+    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false."""
+    import importlib.util
+
+    off = os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "").strip().lower() in ("false", "0")
+    return not off and importlib.util.find_spec("psutil") is not None
 
 
 def param_conflicts(record: RunRecord, params: Mapping[str, str]) -> list[str]:
@@ -310,10 +355,12 @@ def export_runs(sweep: str, uri: str) -> list[dict[str, Any]]:
     """The sweep's runs as plain data for suite/records.py (which must not import mlflow), sorted by
     run key: name (the run key), run_id, status, step, tags, params, metrics (latest value of each)
     and history {metric: [(step, value), ...]} (one value per step: the last logged, so a resumed
-    run's repeated steps count once)."""
+    run's repeated steps count once). MLflow's system metrics (`system/...`, counted in samples,
+    not training steps) stay in MLflow: they are no part of the records' schema."""
     store = Store(uri)
     out = []
     for key, rec in sorted(store.runs(store.experiment_id(sweep, create=False)).items()):
+        rec.metrics = {k: v for k, v in rec.metrics.items() if not k.startswith(SYSTEM_PREFIX)}
         history = {}
         for name in sorted(rec.metrics):
             points = sorted(store.client.get_metric_history(rec.run_id, name),
@@ -333,11 +380,19 @@ class MlflowMetrics(Logger):
     writes the buffer with one `log_batch` per 1000 metrics, retrying while the store is busy, and
     puts back what it could not write. `finalize` (end of fit, or an interruption) flushes what is
     left. Params are not logged here: the run got the resolved config when it was created.
+
+    With `system_every_s` (and psutil installed), MLflow's system-metrics monitor samples CPU,
+    memory, disk, network (and GPU with pynvml) into the run from the first logged metric, when
+    training has started and the run is RUNNING, until `finalize`; its steps continue a resumed
+    run's.
     """
 
-    def __init__(self, store: Store, run_id: str, flush_every_s: float = 5.0) -> None:
+    def __init__(self, store: Store, run_id: str, flush_every_s: float = 5.0,
+                 system_every_s: float | None = SYSTEM_EVERY_S) -> None:
         super().__init__()
         self.store, self.run_id, self.flush_every_s = store, run_id, flush_every_s
+        self.system_every_s = system_every_s
+        self._system: Any = None  # mlflow's SystemMetricsMonitor, once started
         self._buffer: list[Metric] = []
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
@@ -369,6 +424,20 @@ class MlflowMetrics(Logger):
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="mlflow-metrics", daemon=True)
             self._thread.start()
+            self._start_system_metrics()
+
+    def _start_system_metrics(self) -> None:
+        if not self.system_every_s or not system_metrics_available():
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        try:
+            self._system = SystemMetricsMonitor(self.run_id, sampling_interval=self.system_every_s,
+                                                resume_logging=True, tracking_uri=self.store.uri)
+            self._system.start()
+        except Exception as err:  # noqa: BLE001 -- system metrics are a convenience, never a failure
+            log.warning("MLflow system metrics off for this run (%s)", err)
+            self._system = None
 
     def _loop(self) -> None:
         while not self._stop.wait(self.flush_every_s):
@@ -397,6 +466,9 @@ class MlflowMetrics(Logger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
+        if self._system is not None:
+            self._system.finish()
+            self._system = None
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=60)

@@ -120,6 +120,28 @@ def test_spike_rule_r_times_trailing_median_after_a_full_window():
     assert d.fp16_overflow == 0
 
 
+def test_no_spike_below_the_absolute_floor_however_large_the_ratio():
+    # a zero-init gate (ReZero): the first norms are near zero and grow by orders of magnitude as
+    # the gates open; only a norm above spike_floor (0.01 by default) can be a spike
+    d = Diagnostics(DiagnosticsConfig(spike_ratio=3.0, spike_window=5))
+    d.threshold = None
+    norms = [1e-6] * 5 + [1e-5,  # 10 x the median 1e-6, but below the floor: no spike
+                          1e-3,  # 1000 x the median 1e-6, still below 0.01: no spike
+                          0.02,  # median of [1e-6, 1e-6, 1e-6, 1e-5, 1e-3] is 1e-6; 0.02 > 0.01: spike
+                          0.009]  # median 1e-5, ratio 900, but 0.009 < 0.01: no spike
+    for step, g in enumerate(norms, start=1):
+        d.observe(step, 2.0, g)
+    assert d.spikes == 1
+    # without the floor the same sequence counts 4: the floor is what keeps them out
+    d = Diagnostics(DiagnosticsConfig(spike_ratio=3.0, spike_window=5, spike_floor=0.0))
+    d.threshold = None
+    for step, g in enumerate(norms, start=1):
+        d.observe(step, 2.0, g)
+    assert d.spikes == 4
+    with pytest.raises(ValueError, match="spike_floor must be >= 0"):
+        DiagnosticsConfig(spike_floor=-1.0)
+
+
 def test_fp16_scaler_skips_are_counted_apart_and_never_called_overflow():
     # the GradScaler makes non-finite gradient norms by design (calibration, after each growth):
     # an fp16 run with such steps but finite activations has 0 overflows

@@ -180,8 +180,13 @@ def test_local_executor_a_failing_cell_is_recorded_and_the_others_finish(tmp_pat
     path = tiny_sweep(tmp_path, {"seed": [0, 1, 2]}, overrides=[
         {"when": {"seed": 2}, "set": {"data.source": "/nonexistent/corpus.jsonl"}}])
     sweep = load_sweep(path)
-    sub = submit(sweep, "local", parallel=2)
+    lines = []
+    sub = submit(sweep, "local", parallel=2, progress=lines.append)
     assert sorted(sub.results) == ["pre_ln-tiny-lr0.001-s0", "pre_ln-tiny-lr0.001-s1"]
+    # while it waits: cells done / running / left, first and last from the records
+    counts = [line for line in lines if line.startswith("cells: ")]
+    assert counts[0] == "cells: 0 done, 0 running, 3 left"
+    assert counts[-1] == "cells: 3 done, 0 running, 0 left"
     assert list(sub.errors) == ["pre_ln-tiny-lr0.001-s2"]
     store, recs = records(sweep)
     assert {k: r.status for k, r in recs.items()} == {

@@ -20,8 +20,26 @@ from models.block import BlockBase
 from models.placements import Placement, arg, get_placement
 
 ROOT = Path(__file__).resolve().parents[1]
-ZOO = {"b2t", "deepnorm", "dyt", "gemma", "hybridnorm", "lns", "mix_ln", "olmo2", "peri_ln", "post_ln",
-       "pre_ln", "pre_ln_embed_norm", "sandwich_ln"}
+
+
+def declared_names(folder: Path) -> set[str]:
+    """The names the placement files register, read from their text (`@register("name",
+    aliases=(...))`): what the registry must hold, found without importing anything."""
+    names = set()
+    for path in folder.glob("*.py"):
+        if path.stem == "base" or path.stem.startswith("_"):
+            continue
+        for name, aliases in re.findall(r'@register\(\s*["\'](\w+)["\'](?:\s*,\s*aliases=\(([^)]*)\))?',
+                                        path.read_text()):
+            names |= {name, *re.findall(r'["\'](\w+)["\']', aliases)}
+    return names
+
+
+ZOO = declared_names(ROOT / "models" / "placements")
+
+
+def test_the_declared_names_are_read_right():
+    assert {"pre_ln", "peri_ln", "sandwich_ln", "mix_ln", "rezero"} <= ZOO and "base" not in ZOO
 
 
 def fresh_python(code: str, path: Path) -> str:

@@ -328,3 +328,38 @@ def test_search_on_slurm_two_workers_in_one_job_array_then_seeds(slurm_cluster, 
     assert list(sub.plan.skip) == [f"pre_ln-tiny-lr{best:g}-s0"]  # the trial's own run
     assert [c.key for c in sub.plan.submit] == [f"pre_ln-tiny-lr{best:g}-s1"]
     assert set(launch.wait(sub, timeout_s=TIMEOUT_S).values()) == {"COMPLETED"}
+
+
+# ------------------------------------------------------------- a best lr at the edge of its range
+
+def _study_with(storage, name, method_range, results):
+    """A study as the search leaves it: COMPLETE trials at `results` {lr: val loss}, drawn from the
+    log range `method_range` (grid: its lowest and highest lr)."""
+    study = optuna.create_study(study_name=name, storage=storage)
+    dist = optuna.distributions.FloatDistribution(*method_range, log=True)
+    for lr, loss in results.items():
+        study.add_trial(optuna.trial.create_trial(params={"lr": lr}, distributions={"lr": dist},
+                                                  value=loss, user_attrs={"run_lr": lr}))
+    return study
+
+
+def test_edge_rule_by_hand():
+    assert search.edge(1e-3, 1e-3, 1e-2, "grid") == "low" and search.edge(1e-2, 1e-3, 1e-2, "grid") == "high"
+    assert search.edge(3e-3, 1e-3, 1e-2, "grid") is None
+    # tpe over [1e-4, 1e-2] (two decades): the outer tenth is 0.2 decades from either bound
+    assert search.edge(1.5e-4, 1e-4, 1e-2, "tpe") == "low"  # 0.18 decades up
+    assert search.edge(1.7e-4, 1e-4, 1e-2, "tpe") is None  # 0.23 decades up
+    assert search.edge(6.5e-3, 1e-4, 1e-2, "tpe") == "high" and search.edge(5e-3, 1e-4, 1e-2, "tpe") is None
+
+
+def test_search_summary_warns_when_a_best_lr_is_at_the_edge_of_its_range(tmp_path):
+    sweep = tiny_sweep(tmp_path, {"method": "grid", "storage": "sqlite"}, placements=("pre_ln", "peri_ln"))
+    storage = search.open_storage(search.storage_url(sweep))
+    grid = (1e-3, 1e-2)
+    _study_with(storage, "srch/pre_ln-tiny", grid, {1e-3: 3.0, 3e-3: 2.5, 1e-2: 2.9})  # inside
+    _study_with(storage, "srch/peri_ln-tiny", grid, {1e-3: 3.0, 3e-3: 2.8, 1e-2: 2.6})  # the top lr
+    lines = search.summary(sweep)
+    assert [line for line in lines if line.startswith("warning:")] == [
+        "warning: peri_ln-tiny: best lr 0.01 is at the high edge of its search range [0.001, 0.01]; "
+        "the best may be higher: widen grid.lr and search again"]
+    assert "best lr 0.003" in next(line for line in lines if line.startswith("pre_ln-tiny"))

@@ -150,3 +150,57 @@ def test_a_locked_database_delays_metrics_but_loses_none(store):
     released.join()
     db.close()
     assert [s for s, _ in store.metric_history(run_id, "m")] == list(range(50))
+
+
+def test_a_sweeps_experiment_opens_on_the_runs_table(store):
+    exp = store.experiment_id("kind-new", None)
+    tags = store.client.get_experiment(exp).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow 3 UI: runs table
+    # an experiment made before the tag (or by hand) gets it the next time a submission opens it
+    old = store.client.create_experiment("kind-old")
+    assert "mlflow.experimentKind" not in store.client.get_experiment(old).tags
+    assert store.experiment_id("kind-old", create=False) == old  # reading alone changes nothing
+    assert "mlflow.experimentKind" not in store.client.get_experiment(old).tags
+    assert store.experiment_id("kind-old", None) == old
+    assert store.client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+    # a kind someone chose in the UI is kept
+    store.client.set_experiment_tag(old, "mlflow.experimentKind", "genai_development")
+    store.experiment_id("kind-old", None)
+    assert store.client.get_experiment(old).tags["mlflow.experimentKind"] == "genai_development"
+
+
+def test_runs_url_is_the_uis_hash_route_to_the_runs_table():
+    assert tracking.runs_url("http://127.0.0.1:5000", "7") == "http://127.0.0.1:5000/#/experiments/7/runs"
+    assert tracking.runs_url("https://mlflow.lab/", "12") == "https://mlflow.lab/#/experiments/12/runs"
+    assert tracking.ui_address("sqlite:////x/mlflow.db", 5001) == "http://127.0.0.1:5001"
+    assert tracking.ui_address("http://tracker:5000") == "http://tracker:5000"
+
+
+def test_system_metrics_are_logged_while_a_run_trains(store):
+    pytest.importorskip("psutil")  # installed here (a dependency of the stack); off without it
+    exp = store.experiment_id("system", None)
+    run_id = store.create_run(exp, "k", {}, {})
+    store.set_status(run_id, "running")  # the monitor samples while the run is RUNNING
+    logger = store.logger(run_id, flush_every_s=0.2, system_every_s=0.2)
+    logger.log_metrics({"train/loss": 1.0}, 0)
+    time.sleep(1.5)
+    logger.finalize("success")
+    names = set(store.client.get_run(run_id).data.metrics)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= names
+    assert len(store.metric_history(run_id, "system/cpu_utilization_percentage")) >= 2
+    # ... and stay out of the records' schema (suite/records.py)
+    exported = tracking.export_runs("system", store.uri)[0]
+    assert set(exported["metrics"]) == {"train/loss"} and set(exported["history"]) == {"train/loss"}
+
+
+def test_system_metrics_can_be_switched_off(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "false")
+    assert not tracking.system_metrics_available()
+    exp = store.experiment_id("system-off", None)
+    run_id = store.create_run(exp, "k", {}, {})
+    store.set_status(run_id, "running")
+    logger = store.logger(run_id, flush_every_s=0.2, system_every_s=0.2)
+    logger.log_metrics({"train/loss": 1.0}, 0)
+    time.sleep(0.6)
+    logger.finalize("success")
+    assert set(store.client.get_run(run_id).data.metrics) == {"train/loss"}

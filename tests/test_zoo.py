@@ -329,6 +329,22 @@ def test_dyt_language_model_recipe_at_init():
     assert hidden[-1].var().item() == pytest.approx(4e-4, rel=0.2)
 
 
+def test_rezero_block_and_identity_at_init():
+    m = model("rezero")  # alpha random in [0.5, 1.5] per block: the gate shows in every sub-layer
+    b, x = m.blocks[1], x_in()
+    a = b.alpha
+    h = x + a * attention(b.attn, x)
+    torch.testing.assert_close(b(x), h + a * mlp(b.mlp, h), **TOL)
+    assert b.alpha.shape == (1,) and not [mod for mod in m.modules() if "Norm" in type(mod).__name__]
+    # as built: alpha = 0, every block the identity, no final norm: logits = LM head of the embedding
+    fresh = tiny("rezero")
+    assert all(blk.alpha.item() == 0.0 for blk in fresh.blocks)
+    assert isinstance(fresh.final_norm, torch.nn.Identity) and isinstance(fresh.embed_norm, torch.nn.Identity)
+    tokens = torch.randint(0, V, (2, 9))
+    torch.testing.assert_close(fresh(tokens), fresh.lm_head(fresh.embed(tokens)), rtol=0, atol=0)
+    assert PLACEMENTS["rezero"].zero_init_gate and not PLACEMENTS["pre_ln"].zero_init_gate
+
+
 def test_pre_ln_embed_norm(norm):
     N = norm_fn(norm)
     m = model("pre_ln_embed_norm", norm)
@@ -394,16 +410,40 @@ def tiny(placement, seed=0, **kw):
                                    placement=placement, **kw))
 
 
-@pytest.mark.parametrize("placement", ALL)
-def test_finite_forward_backward_and_every_parameter_gets_a_gradient(placement):
-    m = tiny(placement)
-    tokens = torch.randint(0, V, (2, 16))
+def _loss_backward(m, tokens):
+    m.zero_grad(set_to_none=True)
     logits = m(tokens)
     assert torch.isfinite(logits).all()
     F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten()).backward()
+
+
+def assert_every_parameter_learns(m, placement):
+    """Every parameter gets a finite, non-zero gradient. A placement that declares
+    `zero_init_gate` (its residual gates start at exactly 0) must show it: some weights get an
+    exactly zero gradient at init; one update (SGD, which moves the gates: they have a gradient)
+    opens the gates, and then every parameter gets one."""
+    cls = PLACEMENTS[placement]
+    tokens = torch.randint(0, V, (2, 16))
+    _loss_backward(m, tokens)
     for name, p in m.named_parameters():
         assert p.grad is not None, f"{placement}: {name} got no gradient"
-        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{placement}: {name}"
+        assert torch.isfinite(p.grad).all(), f"{placement}: {name}"
+    silent = [name for name, p in m.named_parameters() if not p.grad.abs().sum() > 0]
+    if cls.zero_init_gate:
+        assert silent, f"{placement} declares zero_init_gate, but every weight has a gradient at init"
+        with torch.no_grad():
+            for p in m.parameters():
+                p -= 0.1 * p.grad
+        _loss_backward(m, tokens)
+        silent = [name for name, p in m.named_parameters() if not p.grad.abs().sum() > 0]
+    assert not silent, (f"{placement}: {silent[:3]} got a zero gradient" + (
+        "" if cls.zero_init_gate else " (a gate that starts at 0 by design? declare zero_init_gate = "
+        "True on the placement: README, \"Add a placement\")"))
+
+
+@pytest.mark.parametrize("placement", ALL)
+def test_finite_forward_backward_and_every_parameter_gets_a_gradient(placement):
+    assert_every_parameter_learns(tiny(placement), placement)
 
 
 @pytest.mark.parametrize("placement", ALL)
@@ -466,6 +506,8 @@ def test_zoo_sweep_runs_every_registered_arm():
     from suite.sweep import load_sweep
 
     sweep = load_sweep(README.parent / "sweeps" / "zoo.yaml")
+    missing = {cls.name for cls in load_all().values()} - {c.placement for c in sweep.cells}
+    assert not missing, f"add {sorted(missing)} to grid.placement in sweeps/zoo.yaml"
     assert {c.placement for c in sweep.cells} == {cls.name for cls in load_all().values()}
     assert {c.size for c in sweep.cells} == {"tiny"}  # CPU-sized
 
@@ -515,4 +557,29 @@ def test_readme_add_a_placement_example_registers_and_trains_a_sweep_cell(tmp_pa
         assert result["train_loss"] < 4.0  # from ~5.55 (ln 257): it trains
     finally:
         PLACEMENTS.pop(name, None)  # leave the registry as the other tests expect it
+        sys.modules.pop(spec.name, None)
+
+
+def test_readme_zero_init_gate_example_passes_the_generic_checks(tmp_path):
+    section, _, _ = readme_example()
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[1]  # the second example
+    name = re.search(r'@register\("(\w+)"\)', code).group(1)
+    path = tmp_path / f"{name}.py"
+    path.write_text(code)
+    spec = importlib.util.spec_from_file_location(f"readme_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        cls = PLACEMENTS[name]
+        assert cls.zero_init_gate and cls.equation().startswith("ReZero + final norm")
+        m = tiny(name)
+        assert not isinstance(m.final_norm, torch.nn.Identity)
+        assert_every_parameter_learns(m, name)
+        # undeclared, the same arm fails the check, and the message says what to declare
+        cls.zero_init_gate = False
+        with pytest.raises(AssertionError, match="declare zero_init_gate = True"):
+            assert_every_parameter_learns(tiny(name), name)
+    finally:
+        PLACEMENTS.pop(name, None)
         sys.modules.pop(spec.name, None)

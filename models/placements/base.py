@@ -89,6 +89,10 @@ class Placement:
     embed_norm: ClassVar[bool] = False  # default of ModelConfig.embed_norm=None
     final_norm: ClassVar[bool] = True
     norm_eps: ClassVar[float] = 1e-5  # default of ModelConfig.norm_eps=None (OLMo 2: 1e-6)
+    # Properties a placement declares so generic checks and diagnostics know what to expect:
+    # zero_init_gate: a learned gate on the residual branches starts at exactly 0 (ReZero), so the
+    # weights behind it get a zero gradient until the first update opens it.
+    zero_init_gate: ClassVar[bool] = False
 
     def __init__(self, **args: Any) -> None:
         self.args = self.parse_args(args)
