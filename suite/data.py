@@ -328,7 +328,11 @@ class TokenData(L.LightningDataModule):
         return train, build_token_cache(val_spec, "val", d, self.tokenizer)
 
     def prepare_data(self) -> None:
-        self.caches()
+        # the windows are checked here, with the caches, so a run too long for its data fails
+        # before its directory is written (suite.train writes it after prepare_data)
+        seq = self.cfg.train.seq_len
+        for cache in self.caches():
+            PackedWindows(cache, seq)
 
     @property
     def unigram_ce(self) -> float:

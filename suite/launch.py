@@ -363,6 +363,11 @@ def preflight(sweep: Sweep, cells: Iterable[RunConfig], executor: str,
         raise ConfigError(f"--executor {executor!r}: unknown; {hint + ' ' if hint else ''}"
                           f"use one of {', '.join(EXECUTORS)}")
     params = load_profile(profile)
+    data_dir = sweep.eval.data_dir if sweep.eval.enabled else None
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise ConfigError(f"{sweep.path}: eval.data_dir: {data_dir} is not a folder, and every cell would "
+                          "train before failing on it; write the task data there first (periln data "
+                          "fetch-benchmarks DIR, or periln data synthetic-benchmarks DIR)")
     for cell in cells:
         resources(cell, params, str(profile or "profile"))
         processes = cell.train.devices * cell.train.num_nodes

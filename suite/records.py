@@ -34,6 +34,8 @@ RUN_COLUMNS: tuple[str, ...] = (
     "val_bpb", "tokens_per_s",
 )
 CURVE_COLUMNS: tuple[str, ...] = ("key", "metric", "step", "value")
+# what a runs.csv must have for anything to be built (the other columns may be missing: not recorded)
+REQUIRED_COLUMNS = ("key", "arm", "placement", "size", "lr", "seed", "status")
 INT_COLUMNS = ("seed", "diverged_step", "step", "n_layers", "d_model")
 FLOAT_COLUMNS = ("lr", "unigram_ce", "train_loss", "val_loss", "val_bpb", "tokens_per_s")
 # metrics mapped onto the leading columns (their final values) rather than repeated under their name
@@ -59,8 +61,7 @@ def read_runs(path: str | Path) -> list[dict[str, Any]]:
         raise ConfigError(f"{path}: no such file (export one with `periln tables SWEEP`)")
     with path.open(newline="") as fh:
         reader = csv.DictReader(line for line in fh if not line.startswith("#"))
-        required = ("key", "arm", "size", "lr", "seed", "status")
-        missing = [c for c in required if c not in (reader.fieldnames or ())]
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or ())]
         if missing:
             raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; expected runs.csv columns "
                               f"{', '.join(RUN_COLUMNS)}")
@@ -79,6 +80,8 @@ def read_runs(path: str | Path) -> list[dict[str, Any]]:
                     row[col] = text
             if row.get("lr") is None or row.get("seed") is None:
                 raise ConfigError(f"{path.name} line {i}: lr and seed are required")
+            for col in RUN_COLUMNS:  # a file of an earlier version: what it lacks was not recorded
+                row.setdefault(col, None if col in INT_COLUMNS or col in FLOAT_COLUMNS else "")
             rows.append(row)
     return rows
 
@@ -90,9 +93,17 @@ def read_curves(path: str | Path) -> dict[str, dict[str, tuple[list[int], list[f
     if not path.is_file():
         return {}
     with path.open(newline="") as fh:
-        for raw in csv.DictReader(line for line in fh if not line.startswith("#")):
-            out.setdefault(raw["key"], {}).setdefault(raw["metric"], []).append(
-                (int(float(raw["step"])), float(raw["value"])))
+        reader = csv.DictReader(line for line in fh if not line.startswith("#"))
+        missing = [c for c in CURVE_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ConfigError(f"{path}: missing column(s) {', '.join(missing)}; expected curves.csv "
+                              f"columns {', '.join(CURVE_COLUMNS)}")
+        for i, raw in enumerate(reader, start=2):
+            step = _num(raw["step"] or "", f"{path.name} line {i}, column step")
+            value = _num(raw["value"] or "", f"{path.name} line {i}, column value")
+            if step is None or value is None:
+                raise ConfigError(f"{path.name} line {i}: step and value are required")
+            out.setdefault(raw["key"], {}).setdefault(raw["metric"], []).append((int(step), value))
     return {k: {m: ([s for s, _ in sorted(pts)], [v for _, v in sorted(pts)]) for m, pts in ms.items()}
             for k, ms in out.items()}
 

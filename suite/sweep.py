@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from evals.tasks import resolve_tasks
 from models import ConfigError
 from models.placements import get_placement
 from suite import cost
@@ -421,7 +422,16 @@ def _parse_eval(spec: Any, where: str, problems: list[str]) -> EvalSpec:
     if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
         problems.append(f"{where}: eval.tasks: expected a list of lm-eval task names; got {tasks!r}")
         tasks = []
+    if tasks:  # names checked now: an unknown one would otherwise fail each cell after training
+        try:
+            tasks = list(resolve_tasks(tasks))
+        except ConfigError as err:
+            problems.append(f"{where}: eval.tasks: {err}")
     out = build(EvalSpec, spec, f"{where}: eval", problems)
+    for name, least in (("limit", 1), ("batch_size", 1), ("num_fewshot", 0)):
+        value = getattr(out, name)
+        if isinstance(value, (int, float)) and value < least:
+            problems.append(f"{where}: eval.{name}: must be >= {least}; got {value}")
     return dataclasses.replace(out, tasks=tuple(tasks))
 
 

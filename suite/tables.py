@@ -406,27 +406,44 @@ def regenerate(out_dir: str | Path, sweep: str | None = None, tracking_uri: str 
                from_csv: str | Path | None = None, commit: str | None = None,
                reference: str | Path | None = None, figures: bool = True) -> list[Path]:
     """`periln tables`: export the sweep's MLflow runs (or take runs.csv, and curves.csv beside it),
-    then build the tables and figures into out_dir. Returns every file written."""
+    then build the tables and figures into out_dir. Returns every file written. Everything is
+    built in a staging folder and moved into out_dir only once complete: a failure midway leaves
+    out_dir as it was."""
     import shutil
+    import tempfile
 
     out_dir = Path(out_dir)
-    runs_csv, curves_csv = out_dir / "runs.csv", out_dir / "curves.csv"
-    if from_csv is not None:
-        src = Path(from_csv)
-        read_runs(src)  # fails with one line before anything is written
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if src.resolve() != runs_csv.resolve():  # out_dir holds its own copy: self-contained
-            shutil.copyfile(src, runs_csv)
+    if from_csv is None and sweep is None:
+        raise ConfigError("give a sweep file (its MLflow runs are exported), or --from-csv runs.csv")
+    near = out_dir.parent if out_dir.parent.is_dir() else None  # same file system: moves are renames
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=near))
+    try:
+        runs_csv, curves_csv = stage / "runs.csv", stage / "curves.csv"
+        if from_csv is not None:
+            src = Path(from_csv)
+            shutil.copyfile(_checked(src, read_runs), runs_csv)  # out_dir holds its own copy
             if src.with_name("curves.csv").is_file():
-                shutil.copyfile(src.with_name("curves.csv"), curves_csv)
-    else:
-        if sweep is None:
-            raise ConfigError("give a sweep file (its MLflow runs are exported), or --from-csv runs.csv")
-        export(sweep, out_dir, tracking_uri)
-    written = [p for p in (runs_csv, curves_csv) if p.is_file()]
-    written += build(runs_csv, out_dir, reference, commit)
-    if figures:
-        from suite import figures as figs
+                shutil.copyfile(_checked(src.with_name("curves.csv"), read_curves), curves_csv)
+        else:
+            export(sweep, stage, tracking_uri)
+        built = [p for p in (runs_csv, curves_csv) if p.is_file()]
+        built += build(runs_csv, stage, reference, commit)
+        if figures:
+            from suite import figures as figs
 
-        written += figs.build(runs_csv, out_dir / "figures", curves_csv)
-    return written
+            built += figs.build(runs_csv, stage / "figures", curves_csv)
+        written = []
+        for path in built:
+            target = out_dir / path.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, target)
+            written.append(target)
+        return written
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _checked(path: Path, read) -> Path:
+    """`path`, once `read` has parsed it (a bad file fails with its one line before any output)."""
+    read(path)
+    return path

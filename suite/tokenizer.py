@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from models import ConfigError
+from suite.files import suggest
 
 
 class Tokenizer(Protocol):
@@ -80,10 +81,14 @@ class HFTokenizer:
 def _named_tiktoken(spec: str, encoding: str) -> TiktokenTokenizer:
     import tiktoken
 
+    known = tiktoken.list_encoding_names()
+    if encoding not in known:  # tiktoken's own message is three lines, the useful one first
+        raise ConfigError(f"tokenizer {spec!r}: unknown tiktoken encoding {encoding!r}"
+                          f"{suggest(encoding, known, n=1, lead='; ')}; known: {', '.join(known)}")
     try:
         return TiktokenTokenizer(spec, tiktoken.get_encoding(encoding))
     except ValueError as err:
-        raise ConfigError(f"tokenizer {spec!r}: {err}") from None
+        raise ConfigError(f"tokenizer {spec!r}: {str(err).splitlines()[0]}") from None
     except Exception as err:  # network: tiktoken fetches its BPE file on first use
         raise ConfigError(
             f"tokenizer {spec!r}: could not load the encoding ({type(err).__name__}); it is "

@@ -357,6 +357,10 @@ def export_runs(sweep: str, uri: str) -> list[dict[str, Any]]:
     and history {metric: [(step, value), ...]} (one value per step: the last logged, so a resumed
     run's repeated steps count once). MLflow's system metrics (`system/...`, counted in samples,
     not training steps) stay in MLflow: they are no part of the records' schema."""
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():  # opening it would create an empty store
+        raise ConfigError(f"no MLflow store at {db}; submit the sweep first (periln submit), or point "
+                          "at its store (its out_dir=..., --tracking-uri) or use --from-csv runs.csv")
     store = Store(uri)
     out = []
     for key, rec in sorted(store.runs(store.experiment_id(sweep, create=False)).items()):

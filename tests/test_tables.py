@@ -243,7 +243,7 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys):
     bad.write_text("key,lr\nx,0.1\n")
     with pytest.raises(ConfigError, match="missing column"):
         R.read_runs(bad)
-    bad.write_text("key,arm,size,lr,seed,status\nx,a,tiny,fast,0,finished\n")
+    bad.write_text("key,arm,placement,size,lr,seed,status\nx,a,pre_ln,tiny,fast,0,finished\n")
     assert main(["tables", "--from-csv", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["periln: error: runs.csv line 2, column lr: expected a number; got 'fast'"]
