@@ -417,11 +417,6 @@ def _check_run(cfg: RunConfig, where: str, problems: list[str]) -> RunConfig:
     if cfg.size not in SIZES:
         problems.append(f"{where} size: unknown size {cfg.size!r}{suggest(cfg.size, SIZES, lead='; ')}; "
                         f"known: {', '.join(SIZES)}")
-    if not problems:
-        try:
-            cfg.model_config(vocab_size=257)
-        except ConfigError as err:
-            problems.append(f"{where} {err}")
     t = cfg.train
     for name in ("seq_len", "batch_size", "accumulate", "max_steps", "devices", "num_nodes",
                  "val_every", "val_batches", "log_every", "ckpt_every"):
@@ -429,6 +424,11 @@ def _check_run(cfg: RunConfig, where: str, problems: list[str]) -> RunConfig:
             problems.append(f"{where} train.{name}: must be >= 1; got {getattr(t, name)}")
     if not cfg.lr > 0:
         problems.append(f"{where} lr: must be > 0; got {cfg.lr}")
+    if not problems:  # the model's own checks, on settings that passed the run's
+        try:
+            cfg.model_config(vocab_size=257)
+        except ConfigError as err:
+            problems.append(f"{where} {err}")
     return cfg
 
 
