@@ -5,7 +5,7 @@
 #   data/tokenizer/gpt2/   GPT-2 BPE files
 # then prints the sizes and the exact command and carry list for the device tool.
 # Usage: bash benchmarks/pack_device.sh SHARED_DATA_DIR DEVICE_WHEELS_SCRIPT [CORPUS_PART]
-#   e.g. bash benchmarks/pack_device.sh ../shared/data ../shared/tools/device-wheels.sh
+#   e.g. bash benchmarks/pack_device.sh ~/periln-data ~/bin/device-wheels.sh
 set -euo pipefail
 data="${1:?give the folder with corpus/ and tokenizer/gpt2/}"
 wheels_script="${2:?give the device-wheels script}"

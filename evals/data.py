@@ -8,7 +8,7 @@ A data directory holds one file per task named `<stem>_<split>` + one of DATA_EX
 (the split is the one lm-eval scores; `<stem>_train` files, and ARC's `_validation`, are optional
 and only used as few-shot sources). At run time a group YAML is written into a scratch folder: each
 entry names the built-in task and overrides only where its data comes from, so lm-eval's prompts,
-`process_docs` and metrics are used unchanged (STACK_NOTES.md, "lm-eval").
+`process_docs` and metrics are used unchanged (docs/stack.md, "lm-eval").
 """
 
 from __future__ import annotations

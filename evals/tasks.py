@@ -2,7 +2,7 @@
 
 Plain data (no lm_eval import), so the tables code can use it cheaply.
 
-The paper (PAPER.md section 3) scores ARC-Easy, HellaSwag, PIQA, SIQA and Winogrande with
+The paper (docs/paper.md section 3) scores ARC-Easy, HellaSwag, PIQA, SIQA and Winogrande with
 lm-evaluation-harness and says neither the shot count nor which accuracy it reports. OUR choices:
 zero-shot by default; both acc and acc_norm are recorded wherever lm-eval reports them; the 5-task
 average (`eval/paper_avg`) takes acc_norm where lm-eval reports it (ARC, HellaSwag, PIQA) and acc

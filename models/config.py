@@ -21,7 +21,7 @@ class ModelConfig:
     """Every architectural choice of the decoder as a knob.
 
     The default is LLaMA-style (RoPE, SwiGLU, no biases, RMSNorm) because the paper's exact
-    architecture is unknown (PAPER.md section 3): these defaults are ours, not the paper's.
+    architecture is unknown (docs/paper.md section 3): these defaults are ours, not the paper's.
     """
 
     vocab_size: int = 257

@@ -1,6 +1,6 @@
 """Named model sizes.
 
-The paper gives only the parameter counts (400M, 1.5B, 3.2B; PAPER.md section 3): every dimension
+The paper gives only the parameter counts (400M, 1.5B, 3.2B; docs/paper.md section 3): every dimension
 below is OUR choice, picked so that the non-embedding parameter count (no token embedding, no LM
 head) of the default LLaMA-style block lands within 5% of the name. `periln sizes` prints the table.
 Head dimension 64 (400m) / 128 (1.5b, 3.2b), d_ff ~ 8/3 d rounded to a multiple of 64.

@@ -86,7 +86,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class DiagnosticsConfig:
     """The diagnostics callback (suite/diagnostics.py). Every default here is OURS: the paper does
-    not state its definitions (PAPER.md section 3, "Diagnostics")."""
+    not state its definitions (docs/paper.md section 3, "Diagnostics")."""
 
     enabled: bool = True
     every: int = 50  # K: steps between probes (activations, per-block grads, norm gains) on a fixed batch

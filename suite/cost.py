@@ -5,7 +5,7 @@ budget fixes), MFU, the peak FLOP/s of a device, and the vocabulary size of name
                       + 12 x n_layers x d_model x seq_len
     MFU = flops_per_token x tokens/s per device / peak FLOP/s of one device
 
-The PaLM convention (Chowdhery et al. 2022, appendix B; STACK_NOTES' MFU): forward + backward
+The PaLM convention (Chowdhery et al. 2022, appendix B; docs/stack.md's MFU): forward + backward
 matmul FLOPs, the attention scores counted in full (not halved for the causal mask), the LM head
 at the real vocabulary (not the padded one). Parameters are counted on a meta-device build, so
 any placement's extra parameters count, without memory.
@@ -37,10 +37,10 @@ CL100K = "tiktoken:cl100k_base"  # the paper's tokenizer
 KNOWN_VOCAB = {CL100K: 100277, "tiktoken:o200k_base": 200019, "tiktoken:r50k_base": 50257,
                "tiktoken:gpt2": 50257, "tiktoken:p50k_base": 50281}
 GUESSED_VOCAB = 50257  # an unknown tokenizer that cannot be loaded: a GPT-2-sized estimate
-DEFAULT_MFU = 0.40  # ours: STACK_NOTES measured 0.435 for a 411M model on one H100 (bf16, compiled)
+DEFAULT_MFU = 0.40  # ours: docs/stack.md measured 0.435 for a 411M model on one H100 (bf16, compiled)
 # Dense bf16/fp16 tensor-core peak of an H100 SXM (NVIDIA's datasheet: 1,979 TFLOP/s with
 # sparsity, half without; Lightning's figure too). The H200 has the same compute and more, faster
-# memory (STACK_NOTES). `periln plan`'s default GPU.
+# memory (docs/stack.md). `periln plan`'s default GPU.
 HOPPER_SXM_DENSE_16BIT = 989.4e12
 
 

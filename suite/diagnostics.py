@@ -1,7 +1,7 @@
 """Diagnostics behind the paper's claims: a Lightning callback that every run gets by default.
 
 Configured by `RunConfig.diagnostics` (`DiagnosticsConfig` in suite/config.py). The definitions are
-OURS (the paper does not state its own; PAPER.md section 3):
+OURS (the paper does not state its own; docs/paper.md section 3):
 
 At step 0 (before the first update: the model at initialization) and every `every` (K) steps,
 after the optimizer step, a probe on a FIXED batch (the first

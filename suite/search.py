@@ -14,7 +14,7 @@ trial's run.
 
 - grid (default): the sweep's lr values, enqueued (`study.enqueue_trial`) and pulled until every
   queue is empty, so each value runs exactly once whatever the number of workers (GridSampler alone
-  runs duplicates with parallel workers: STACK_NOTES.md).
+  runs duplicates with parallel workers: docs/stack.md).
 - tpe: `n_trials` empty slots, enqueued and pulled the same way; each slot draws its lr with TPE
   (constant liar, so parallel workers spread out) from the log range `search.lr`. The run uses the
   draw rounded to 3 significant digits (the run key names it; user attr `run_lr`).

@@ -160,7 +160,7 @@ def _excluded_note(a: Analysis) -> list[str]:
 
 
 def _embed_note(a: Analysis) -> list[str]:
-    """PAPER.md section 1: state Peri-LN's embedding-norm setting wherever it is compared."""
+    """docs/paper.md section 1: state Peri-LN's embedding-norm setting wherever it is compared."""
     notes = []
     for arm in a.arms():
         runs = [r for r in a.rows if r["arm"] == arm and r["placement"] in ("peri_ln", "sandwich_ln")]
@@ -290,7 +290,7 @@ def read_reference(path: str | Path) -> list[dict[str, str]]:
 
 def paper_table(a: Analysis, reference: Sequence[dict[str, str]]) -> TableSet:
     caption = ("Ours beside the published numbers (results/paper_reference.csv, with the confidence "
-               "tags of PAPER.md: [paper] stated by the paper, [secondary] only in summaries). Ours = "
+               "tags of docs/paper.md: [paper] stated by the paper, [secondary] only in summaries). Ours = "
                "mean ± std over seeds at the LR chosen by the Table 1 rule; \"not run\" = no finished run "
                "of that placement and size in this sweep. Our val loss (and perplexity = exp of it, per "
                "run) is on the sweep's own eval set and tokenizer (runs.csv columns val_source, "

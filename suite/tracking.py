@@ -156,7 +156,7 @@ def artifact_root(uri: str, out_dir: str | Path) -> str | None:
 
 
 def prepare_store(uri: str) -> None:
-    """Create or upgrade a sqlite store once, before any parallel writer (STACK_NOTES: concurrent
+    """Create or upgrade a sqlite store once, before any parallel writer (docs/stack.md: concurrent
     first use corrupts it). Other stores (a server, a database) need nothing here."""
     db = _sqlite_path(uri)
     if db is None:

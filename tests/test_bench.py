@@ -36,7 +36,7 @@ def test_flops_per_token_and_mfu_by_hand(placement):
 
 
 def test_the_reference_models_mfu():
-    # STACK_NOTES: a "411M" LLaMA-style model (d 1024, 24 layers, vocab 100352, seq 2048) trained
+    # docs/stack.md: a "411M" LLaMA-style model (d 1024, 24 layers, vocab 100352, seq 2048) trained
     # at 140k tokens/s on an H100 is MFU 0.435. With d_ff 2816 (8/3 d rounded up to 256), by hand:
     #   non-embedding 24 x (4 x 1024^2 + 3 x 1024 x 2816 + 2 x 1024) + 1024 = 308,331,520
     #   + LM head 1024 x 100352 = 102,760,448 -> 411,091,968 (the "411M")

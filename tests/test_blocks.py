@@ -1,4 +1,4 @@
-"""The paper's three placements against their equations, written out by hand (PAPER.md section 1)."""
+"""The paper's three placements against their equations, written out by hand (docs/paper.md section 1)."""
 
 import math
 

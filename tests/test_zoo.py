@@ -1,4 +1,4 @@
-"""The placement zoo (PAPER.md section 4): every arm against its equation written out by hand
+"""The placement zoo (docs/paper.md section 4): every arm against its equation written out by hand
 (float64, random inputs, random gains), each arm's init rule, the Jiang et al. equivalence, and the
 generic checks that every registered placement passes automatically."""
 

@@ -14,7 +14,7 @@ class PeriLN(Placement):
     source = ("Kim et al., Peri-LN: Revisiting Normalization Layer in the Transformer Architecture "
               "(ICML 2025, arXiv 2502.02732); Ding et al., CogView (arXiv 2105.13290) for Sandwich-LN")
     # NOTE: on by default: without it the unit-variance output norms swamp the 0.02-std embeddings
-    # at init (PAPER.md section 1, measured here); the paper's setting is [secondary].
+    # at init (docs/paper.md section 1, measured here); the paper's setting is [secondary].
     embed_norm = True
 
     def layout(self, layer: int, n_layers: int) -> BlockLayout:
