@@ -241,7 +241,9 @@ def trainer_kwargs(cfg: RunConfig) -> dict[str, Any]:
 
 
 def finished_result(cfg: RunConfig) -> dict[str, Any] | None:
-    """The run's result.json when it has ended (finished all its steps, or diverged), else None."""
+    """The run's result.json when it has ended (finished all its steps, or diverged), else None.
+    A run directory trained with other settings is an error (check_same_run), never a result."""
+    check_same_run(resolve_budget(cfg))
     try:
         result = json.loads((cfg.run_dir / "result.json").read_text())
     except (OSError, ValueError):
@@ -326,8 +328,7 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
     On SIGTERM (or submitit's USR2) last.ckpt is saved at the next step boundary, result.json says
     `interrupted`, and Interrupted (a non-zero exit) is raised."""
     cfg = resolve_budget(cfg)
-    check_same_run(cfg)
-    ended = finished_result(cfg)
+    ended = finished_result(cfg)  # checks the settings against the run directory's first
     if ended is not None:  # nothing to do; re-fitting would rewrite result.json without metrics
         return ended
     # bad input fails before anything is written for the run: data and tokenizer, then the model
