@@ -318,8 +318,8 @@ def test_cli_bad_input_is_one_line(bench, tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "absent not found" in err
     code, err = _cli(capsys, "eval", ckpt, "--tasks", "piqa", "--data-dir", bench)
     assert code == 2 and len(err.strip().splitlines()) == 1
-    assert err.startswith(f"periln: error: checkpoint {ckpt}: cannot read it as a periln training "
-                          "checkpoint (")
+    assert err.startswith(f"periln: error: checkpoint {ckpt}: not a checkpoint of tensors and plain "
+                          "data (")
     code, err = _cli(capsys, "eval", "pre_ln-tiny-lr0.001-s0", "--out-dir", tmp_path, "--data-dir", bench)
     assert code == 2 and "run 'pre_ln-tiny-lr0.001-s0': no checkpoint at" in err
     code, err = _cli(capsys, "eval", tmp_path / "missing.ckpt")

@@ -263,7 +263,7 @@ def test_best_lr_handoff_builds_the_seed_cells(tmp_path, capsys):
     assert main(["submit", str(path), "--executor", "debug", "--dry-run", "--best-lr-from",
                  "--seeds", "3"]) == 0
     out = capsys.readouterr().out
-    assert "6 submitted" in out and "pre_ln-tiny-lr0.003-s2" in out and "lr0.01" not in out
+    assert "would submit 6 cells" in out and "pre_ln-tiny-lr0.003-s2" in out and "lr0.01" not in out
 
     # an unfinished or missing study is an error, never a guess
     study = optuna.load_study(study_name="srch/pre_ln-tiny", storage=storage)
