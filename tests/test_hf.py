@@ -154,21 +154,8 @@ def test_gemma_export_switches_gemma_features_off(bpe, bpe_dir, tmp_path):
 
 def test_export_from_run_directory_and_run_key(tmp_path):
     """A trained run's folder (config + checkpoints/last.ckpt) exports with its tokenizer."""
-    from suite.config import load_run_config
-    from suite.train import LitLM
-
-    cfg = load_run_config(None, [f"out_dir={tmp_path / 'runs'}", "sweep=hf", "placement=peri_ln",
-                                 "train.seq_len=64"])
-    torch.manual_seed(0)
-    lit = LitLM(cfg.to_dict(), 257)
-    with torch.no_grad():
-        for p in lit.model.parameters():
-            if p.ndim == 1:
-                p.add_(0.3 * torch.randn_like(p))
+    cfg, model = _checkpoint(tmp_path, "peri_ln", "byte", 257, sweep="hf", step=7)
     ckpt = cfg.run_dir / "checkpoints" / "last.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    torch.save({"hyper_parameters": dict(lit.hparams), "state_dict": lit.state_dict(), "global_step": 7},
-               ckpt)
     out = export_hf(cfg.run_dir, tmp_path / "a")
     assert out.architecture == "Gemma2ForCausalLM" and out.tokenizer == "byte"
     meta = json.loads((out.folder / "periln.json").read_text())
@@ -177,7 +164,6 @@ def test_export_from_run_directory_and_run_key(tmp_path):
     text = "Größe: naïve café, 42!"
     assert hf_tok(text)["input_ids"] == list(text.encode()) and hf_tok.eos_token_id == 256
     assert hf_tok.decode(list(text.encode())) == text
-    model = lit.model.eval()
     assert max_diff(model, load(out.folder), torch.tensor([hf_tok(text)["input_ids"]])) < TOL
     by_key = export_hf(cfg.key, tmp_path / "b", runs_dir=tmp_path / "runs", sweep="hf")
     assert max_diff(model, load(by_key.folder), random_tokens(257)) < TOL
@@ -496,12 +482,13 @@ def test_lm_eval_command_line_on_exported_folder(bench, tmp_path):
 # ----------------------------------------------------------------------------- the command line
 
 
-def _checkpoint(tmp_path, placement: str, tokenizer: str, vocab_size: int):
+def _checkpoint(tmp_path, placement: str, tokenizer: str, vocab_size: int, sweep: str = "cli",
+                step: int = 3):
     """A run directory with an initialised checkpoint (norm gains moved off their start values)."""
     from suite.config import load_run_config
     from suite.train import LitLM
 
-    cfg = load_run_config(None, [f"out_dir={tmp_path / 'runs'}", "sweep=cli", f"placement={placement}",
+    cfg = load_run_config(None, [f"out_dir={tmp_path / 'runs'}", f"sweep={sweep}", f"placement={placement}",
                                  "train.seq_len=64", f"data.tokenizer={tokenizer}"])
     torch.manual_seed(0)
     lit = LitLM(cfg.to_dict(), vocab_size)
@@ -511,7 +498,7 @@ def _checkpoint(tmp_path, placement: str, tokenizer: str, vocab_size: int):
                 p.add_(0.3 * torch.randn_like(p))
     ckpt = cfg.run_dir / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
-    torch.save({"hyper_parameters": dict(lit.hparams), "state_dict": lit.state_dict(), "global_step": 3},
+    torch.save({"hyper_parameters": dict(lit.hparams), "state_dict": lit.state_dict(), "global_step": step},
                ckpt)
     return cfg, lit.model.eval()
 
