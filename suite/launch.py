@@ -497,12 +497,16 @@ def fold_intents(intents: Mapping[str, Mapping[str, Any]], found: Mapping[str, M
     return recorded
 
 
-def _test_kill_point(moment: str) -> None:
+def _test_point(moment: str) -> None:
     """For tests only (tests/test_slurm.py): PERILN_TEST_KILL_AT=<moment> SIGKILLs this process
-    there (`sbatch`: sbatch has answered, the job ids are written nowhere; `job-ids`: they are in
-    the intent file, not in MLflow), the worst moments for a submitter to die."""
+    there, PERILN_TEST_PAUSE_AT=<moment>:<seconds> sleeps there. Moments: `plan` (records read,
+    nothing recorded: a slow store; another submit must wait on the lock), `sbatch` (sbatch has
+    answered, the job ids are written nowhere), `job-ids` (in the intent file, not in MLflow)."""
     if os.environ.get("PERILN_TEST_KILL_AT") == moment:
         os.kill(os.getpid(), signal.SIGKILL)
+    where, _, seconds = os.environ.get("PERILN_TEST_PAUSE_AT", "").partition(":")
+    if where == moment:
+        time.sleep(float(seconds))
 
 
 def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = None,
@@ -569,6 +573,7 @@ def _plan_and_record(sweep: Sweep, cells: list[RunConfig], executor: str, params
         records = store.runs(exp_id)
     queued = _slurm_queue(sweep, params, ledger, records, store, dry_run) if executor == "slurm" else None
     todo = plan(cells, records, executor, queued.keys if queued else None)
+    _test_point("plan")
     sub = Submission(plan=todo, executor=executor, tracking_uri=uri)
 
     # every recorded cell, finished ones too: a result is never reused under other settings
@@ -713,13 +718,13 @@ def _submit_slurm(sub: Submission, sweep: Sweep, jobs: dict[str, TrainJob], cell
                 atomic_write_text(path, json.dumps(intent, indent=1))
             with ex.batch():
                 handles = [ex.submit(jobs[c.key]) for c in group]
-            _test_kill_point("sbatch")
+            _test_point("sbatch")
             for cell, job in zip(group, handles):
                 sub.job_ids[cell.key] = "dry-run" if dry_run else job.job_id
             if not dry_run:
                 intent["job_ids"] = {c.key: sub.job_ids[c.key] for c in group}
                 atomic_write_text(path, json.dumps(intent, indent=1))
-                _test_kill_point("job-ids")
+                _test_point("job-ids")
             say(f"submitted {len(group)} cells as SLURM job array "
                 f"{'(dry run)' if dry_run else handles[0].job_id.split('_')[0]}")
     if dry_run:
