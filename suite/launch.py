@@ -6,6 +6,9 @@ from the profile). Every cell is a `TrainJob`, a submitit `Checkpointable`:
 
 - resubmitting a sweep skips finished (and diverged) keys and resumes the others from
   <run_dir>/checkpoints/last.ckpt, under the MLflow run their key already has (suite.tracking);
+- a key never trains twice at once: a lock per sweep serializes submits, an intent file around
+  sbatch survives a submitter killed before MLflow has the job ids, and squeue is asked for the
+  sweep's jobs by name before anything is queued ("one submission at a time" below);
 - SIGTERM (preemption, `scancel`, `scontrol requeue`) and submitit's timeout signal (USR2, sent
   `signal_delay_s` before the time limit) both save last.ckpt at the next step boundary; on USR2
   submitit's own handler then runs `checkpoint()` and requeues the job. Lightning's own SLURM

@@ -1,6 +1,8 @@
 """Against a real single-node SLURM cluster (slurm/start-cluster.sh, started by this module's
 session fixture): a sweep as one job array, resubmission, requeue with exact resume, a 2-process
-DDP run, and 8 jobs writing to one MLflow store. Each test uses its own submitit folder and store."""
+DDP run, 8 jobs writing to one MLflow store, and a key queued once: a submitter killed right after
+sbatch, two submits at once, a sweep job no record names, private pickles. Each test uses its own
+submitit folder and store."""
 
 import json
 import os
