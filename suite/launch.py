@@ -538,12 +538,12 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
         sub, jobs, run_ids, store = _plan_and_record(sweep, cells, executor, params, dry_run, uri,
                                                      ledger, folder, parallel)
         if executor == "slurm" and jobs:
-            _submit_slurm(sub, sweep, jobs, sub.plan.submit, params, dry_run, say, ledger)
+            intents = _submit_slurm(sub, sweep, jobs, sub.plan.submit, params, dry_run, say, ledger)
             if not dry_run:
                 for key, job_id in sub.job_ids.items():
                     store.set_tags(run_ids[key], job_id=job_id)
-                for intent in read_intents(ledger).values():  # this submission's, all recorded now
-                    Path(intent["path"]).unlink(missing_ok=True)
+                for path in intents:  # all recorded in MLflow now
+                    path.unlink(missing_ok=True)
     if executor == "slurm" or dry_run or not jobs:
         pass
     elif executor == "debug":
@@ -694,11 +694,12 @@ def _group_by_resources(cells: list[RunConfig], params: Mapping[str, Any], where
 
 
 def _submit_slurm(sub: Submission, sweep: Sweep, jobs: dict[str, TrainJob], cells: list[RunConfig],
-                  params: Mapping[str, Any], dry_run: bool, say, ledger: Path) -> None:
+                  params: Mapping[str, Any], dry_run: bool, say, ledger: Path) -> list[Path]:
     """One job array per sweep (per distinct resource shape, should cells differ in devices). Each
     array's keys go to an intent file before sbatch, and its job ids after, so that a submitter
     killed in between leaves what it queued (`fold_intents`); the array's --comment names the
-    file, so squeue maps its tasks back to keys (`queued_keys`)."""
+    file, so squeue maps its tasks back to keys (`queued_keys`). Returns the intent files."""
+    intents = []
     folder = sub.folder if not dry_run else Path(tempfile.mkdtemp(prefix="periln-dry-run-"))
     with _no_sbatch() if dry_run else contextlib.nullcontext():
         for res, group in _group_by_resources(cells, params, "profile"):
@@ -718,7 +719,7 @@ def _submit_slurm(sub: Submission, sweep: Sweep, jobs: dict[str, TrainJob], cell
                       "run_ids": {c.key: jobs[c.key].run_id for c in group}}
             path = ledger / f"pending-{stamp}.json"
             if not dry_run:
-                atomic_write_text(path, json.dumps(intent, indent=1))
+                intents.append(atomic_write_text(path, json.dumps(intent, indent=1)))
             with ex.batch():
                 handles = [ex.submit(jobs[c.key]) for c in group]
             _test_point("sbatch")
@@ -734,6 +735,7 @@ def _submit_slurm(sub: Submission, sweep: Sweep, jobs: dict[str, TrainJob], cell
         scripts = sorted(folder.rglob(".submission_file_*.sh"))
         sub.script = scripts[-1].read_text() if scripts else None
         sub.folder = folder
+    return intents
 
 
 @contextlib.contextmanager
