@@ -6,6 +6,9 @@ from the profile). Every cell is a `TrainJob`, a submitit `Checkpointable`:
 
 - resubmitting a sweep skips finished (and diverged) keys and resumes the others from
   <run_dir>/checkpoints/last.ckpt, under the MLflow run their key already has (suite.tracking);
+- a key never trains twice at once: a lock per sweep serializes submits, an intent file around
+  sbatch survives a submitter killed before MLflow has the job ids, and squeue is asked for the
+  sweep's jobs by name before anything is queued ("one submission at a time" below);
 - SIGTERM (preemption, `scancel`, `scontrol requeue`) and submitit's timeout signal (USR2, sent
   `signal_delay_s` before the time limit) both save last.ckpt at the next step boundary; on USR2
   submitit's own handler then runs `checkpoint()` and requeues the job. Lightning's own SLURM
@@ -23,8 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +38,7 @@ import tempfile
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +52,7 @@ from submitit.slurm.slurm import SlurmExecutor
 from models import ConfigError
 from suite.config import RunConfig, flatten, read_yaml
 from suite.cost import resolve_budget
-from suite.files import suggest
+from suite.files import atomic_write_text, file_lock, suggest
 from suite.outcome import USED
 from suite.sweep import Sweep
 
@@ -322,9 +329,12 @@ def alive_here(host: str | None, pid: int | str | None) -> bool:
         return False
 
 
-def plan(cells: list[RunConfig], records: Mapping[str, Any], executor: str) -> Plan:
+def plan(cells: list[RunConfig], records: Mapping[str, Any], executor: str,
+         queued: Mapping[str, str] | None = None) -> Plan:
     """Submit unfinished keys; skip finished/diverged ones and ones whose job is still queued or
-    running (a resubmission never runs a key twice at once)."""
+    running (a resubmission never runs a key twice at once): by its record's job id, by `queued`
+    (key -> "job id STATE": the sweep's jobs squeue names, `queued_keys`) and, off SLURM, by the
+    record's process (the training one, or the submitter that queued it) being alive here."""
     from suite.tracking import DONE
 
     out = Plan()
@@ -333,6 +343,9 @@ def plan(cells: list[RunConfig], records: Mapping[str, Any], executor: str) -> P
     states = job_states(slurm_ids)
     for cell in cells:
         rec = records.get(cell.key)
+        if queued and cell.key in queued and (rec is None or rec.status not in DONE):
+            out.skip[cell.key] = f"{rec.status if rec else 'queued'} (SLURM job {queued[cell.key]})"
+            continue
         if rec is None:
             out.submit.append(cell)
             continue
@@ -345,8 +358,8 @@ def plan(cells: list[RunConfig], records: Mapping[str, Any], executor: str) -> P
             if state in ACTIVE_SLURM:
                 out.skip[cell.key] = f"{rec.status} (SLURM job {rec.tags['job_id']} {state})"
                 continue
-        elif rec.status == "running" and alive_here(rec.tags.get("host"), rec.tags.get("job_id")):
-            out.skip[cell.key] = f"running (pid {rec.tags['job_id']})"
+        elif rec.status in ("queued", "running") and alive_here(rec.tags.get("host"), rec.tags.get("job_id")):
+            out.skip[cell.key] = f"{rec.status} (pid {rec.tags['job_id']})"
             continue
         out.submit.append(cell)
         out.resume.add(cell.key)
@@ -378,6 +391,139 @@ def preflight(sweep: Sweep, cells: Iterable[RunConfig], executor: str,
     return params
 
 
+# ------------------------------------------------------------------- one submission at a time
+# A key must never train twice at once. Three things guard it: a lock per sweep (two `periln
+# submit` of one sweep take turns from reading the records to recording the job ids), an intent
+# file per job array written before sbatch (so a submitter killed between sbatch and MLflow leaves
+# the array's keys behind), and squeue asked for the sweep's jobs by name before anything is queued.
+
+SUBMIT_LOCK = "submit.lock"
+_TAG = re.compile(r"periln:([0-9a-f]{12}):(\S+)")  # the sbatch --comment of a sweep's job array
+
+
+def ledger_dir(sweep: Sweep) -> Path:
+    """<out_dir>/<sweep>/.submitit: the submission folders, the submit lock, the intent files."""
+    return Path(sweep.out_dir).resolve() / sweep.name / ".submitit"
+
+
+def private_dir(path: str | Path) -> Path:
+    """`path` (created if missing) readable by this user only, whatever the umask: submitit's
+    pickles inside hold the tracking URI, which may carry a password."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def job_name(sweep: Sweep, params: Mapping[str, Any]) -> str:
+    """The SLURM job name of the sweep's arrays: the profile's `name`, else periln-<sweep name>."""
+    return str(params.get("name") or f"periln-{sweep.name}")
+
+
+def _ledger_tag(ledger: Path) -> str:
+    # names the sweep's folder, not only its name: the same sweep name in another out_dir is another sweep
+    return hashlib.sha1(str(ledger).encode()).hexdigest()[:12]
+
+
+def read_intents(ledger: Path) -> dict[str, dict[str, Any]]:
+    """The intent files left in `ledger` (stamp -> content): each a job array whose job ids are
+    perhaps not in MLflow yet."""
+    out = {}
+    for path in sorted(ledger.glob("pending-*.json")):
+        try:
+            data = json.loads(path.read_text())
+            out[path.stem.removeprefix("pending-")] = {**data, "path": path, "keys": list(data["keys"])}
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(f"{path}: unreadable submission record; if no job of this sweep is in the "
+                              "queue (squeue), delete it and submit again") from None
+    return out
+
+
+def sweep_jobs(name: str) -> list[tuple[str, str, str]] | None:
+    """(job id, state, comment) of this user's active SLURM jobs named `name`, one array task a row
+    (`123_4`); None when squeue cannot be asked."""
+    try:
+        out = subprocess.run(["squeue", "--me", "--array", "--noheader", "--states=all", "--name", name,
+                              "--format=%i|%T|%k"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    rows = []
+    for line in out.stdout.splitlines():
+        job, _, rest = line.strip().partition("|")
+        state, _, comment = rest.partition("|")
+        if state in ACTIVE_SLURM:
+            rows.append((job, state, comment))
+    return rows
+
+
+@dataclass
+class Queued:
+    """The sweep's active SLURM jobs mapped back to run keys."""
+
+    keys: dict[str, str] = field(default_factory=dict)  # key -> "job id STATE"
+    found: dict[str, dict[str, str]] = field(default_factory=dict)  # stamp -> {key: job id}, by squeue
+    unmapped: list[str] = field(default_factory=list)  # active sweep jobs no record names
+
+
+def queued_keys(rows: list[tuple[str, str, str]], ledger: Path, intents: Mapping[str, Mapping[str, Any]],
+                records: Mapping[str, Any]) -> Queued:
+    """Which key each active job of the sweep trains: by its comment's intent file (array index ->
+    key), else by its job id in an intent file or an MLflow record. Jobs whose comment names
+    another folder belong to a namesake sweep elsewhere and are left out."""
+    mine = _ledger_tag(ledger)
+    by_id = {r.tags["job_id"]: key for key, r in records.items() if r.tags.get("job_id")}
+    for intent in intents.values():
+        by_id.update({job: key for key, job in (intent.get("job_ids") or {}).items()})
+    out = Queued()
+    for job, state, comment in rows:
+        tag = _TAG.search(comment)
+        if tag and tag.group(1) != mine:
+            continue
+        intent = intents.get(tag.group(2)) if tag else None
+        _, _, task = job.partition("_")  # a one-cell submission is a plain job: index 0
+        index = int(task) if task.isdigit() else 0 if not task else None
+        if intent is not None and index is not None and index < len(intent["keys"]):
+            key = intent["keys"][index]
+            out.found.setdefault(tag.group(2), {})[key] = job
+        else:
+            key = by_id.get(job)
+        if key is None:
+            out.unmapped.append(job)
+        else:
+            out.keys[key] = f"{job} {state}"
+    return out
+
+
+def fold_intents(intents: Mapping[str, Mapping[str, Any]], found: Mapping[str, Mapping[str, str]],
+                 store: Any) -> int:
+    """Record in MLflow the job ids a killed submitter left in its intent files (or that squeue
+    named for them), then drop the files; returns how many ids were recorded. An intent whose
+    array never reached the queue, or has left it, only goes: its jobs recorded themselves."""
+    recorded = 0
+    for stamp, intent in intents.items():
+        ids = {**(intent.get("job_ids") or {}), **found.get(stamp, {})}
+        for key, job in ids.items():
+            if key in intent.get("run_ids", {}):
+                store.set_tags(intent["run_ids"][key], job_id=job, executor="slurm")
+                recorded += 1
+        Path(intent["path"]).unlink(missing_ok=True)
+    return recorded
+
+
+def _test_point(moment: str) -> None:
+    """For tests only (tests/test_slurm.py): PERILN_TEST_KILL_AT=<moment> SIGKILLs this process
+    there, PERILN_TEST_PAUSE_AT=<moment>:<seconds> sleeps there. Moments: `plan` (records read,
+    nothing recorded: a slow store; another submit must wait on the lock), `sbatch` (sbatch has
+    answered, the job ids are written nowhere), `job-ids` (in the intent file, not in MLflow)."""
+    if os.environ.get("PERILN_TEST_KILL_AT") == moment:
+        os.kill(os.getpid(), signal.SIGKILL)
+    where, _, seconds = os.environ.get("PERILN_TEST_PAUSE_AT", "").partition(":")
+    if where == moment:
+        time.sleep(float(seconds))
+
+
 def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = None,
            only: list[str] | tuple[str, ...] = (), dry_run: bool = False, tracking_uri: str | None = None,
            folder: str | Path | None = None, parallel: int | None = None,
@@ -385,7 +531,11 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
     """Submit the sweep's unfinished cells. local and debug block until every cell has ended;
     slurm returns once the job array is queued. `progress(line)` receives status lines. Local:
     `deadline_s` stops launching cells that cannot end within that many seconds of the start
-    (running ones end; the others stay queued for a resubmission)."""
+    (running ones end; the others stay queued for a resubmission).
+
+    The sweep's submit lock (<out_dir>/<sweep>/.submitit/submit.lock) is held from reading the
+    records to recording the job ids (slurm: through sbatch; local and debug: until the cells are
+    recorded, not while they train), so a second submit of the sweep sees the first's records."""
     from suite import tracking
 
     say = progress or (lambda line: None)
@@ -393,7 +543,41 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
     params = preflight(sweep, cells, executor, profile)  # before anything is recorded
     uri = tracking.store_uri(sweep.out_dir, tracking_uri)
     start = time.perf_counter()
+    ledger = ledger_dir(sweep)
+    with contextlib.ExitStack() as held:
+        if not dry_run:
+            held.enter_context(file_lock(private_dir(ledger) / SUBMIT_LOCK))
+        sub, jobs, run_ids, store = _plan_and_record(sweep, cells, executor, params, dry_run, uri,
+                                                     ledger, folder, parallel)
+        if executor == "slurm" and jobs:
+            intents = _submit_slurm(sub, sweep, jobs, sub.plan.submit, params, dry_run, say, ledger)
+            if not dry_run:
+                for key, job_id in sub.job_ids.items():
+                    store.set_tags(run_ids[key], job_id=job_id)
+                for path in intents:  # all recorded in MLflow now
+                    path.unlink(missing_ok=True)
+    if executor == "slurm" or dry_run or not jobs:
+        pass
+    elif executor == "debug":
+        _run_debug(sub, jobs, say)
+    else:
+        _prepare_token_caches(sub.plan.submit, say)
+        flops = {c.key: f for c, f in zip(sub.plan.submit, _cell_flops(sub.plan.submit))}
+        with Progress(sweep, [c.key for c in cells], uri, say):
+            _run_local(sub, jobs, params, parallel or _default_parallel(sub.plan.submit, params), say,
+                       deadline_s=deadline_s, flops=flops)
+    sub.seconds = time.perf_counter() - start
+    return sub
 
+
+def _plan_and_record(sweep: Sweep, cells: list[RunConfig], executor: str, params: Mapping[str, Any],
+                     dry_run: bool, uri: str, ledger: Path, folder: str | Path | None,
+                     parallel: int | None) -> tuple[Submission, dict[str, TrainJob], dict, Any]:
+    """`submit` under the lock: read the records (and, for slurm, the sweep's jobs in the queue),
+    plan, record the cells to submit as queued, and build their jobs."""
+    from suite import tracking
+
+    store = exp_id = None
     if dry_run and tracking._sqlite_path(uri) and not tracking._sqlite_path(uri).exists():
         records: dict = {}
         exp_id = None
@@ -404,7 +588,9 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
         exp_id = store.experiment_id(sweep.name, tracking.artifact_root(uri, sweep.out_dir),
                                      create=not dry_run)
         records = store.runs(exp_id)
-    todo = plan(cells, records, executor)
+    queued = _slurm_queue(sweep, params, ledger, records, store, dry_run) if executor == "slurm" else None
+    todo = plan(cells, records, executor, queued.keys if queued else None)
+    _test_point("plan")
     sub = Submission(plan=todo, executor=executor, tracking_uri=uri, experiment_id=exp_id)
 
     # every recorded cell, finished ones too: a result is never reused under other settings
@@ -420,8 +606,7 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
                           "a run key keeps its settings for life: restore them, or use a new sweep name "
                           "(name: in the file) or another out_dir=DIR")
     if not todo.submit:
-        sub.seconds = time.perf_counter() - start
-        return sub
+        return sub, {}, {}, store
 
     run_ids: dict[str, str | None] = {}
     if dry_run:
@@ -432,35 +617,46 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
             tags = tracking.run_tags(cell, Path(sweep.path).resolve(), executor, git)
             run_ids[cell.key] = tracking.open_run(store, exp_id, cell.key, records.get(cell.key),
                                                   params_of[cell.key], tags, status="queued")
+            if executor != "slurm":  # queued by this live process: a second submit skips the key
+                store.set_tags(run_ids[cell.key], host=socket.gethostname(), job_id=os.getpid())
 
     eval_spec = sweep.eval.to_dict() if sweep.eval.enabled else None
     cwd = os.getcwd()
-    root = Path(folder) if folder else Path(sweep.out_dir) / sweep.name / ".submitit"
+    root = Path(folder) if folder else ledger
     sub.folder = (root / time.strftime("%Y%m%d-%H%M%S")).resolve() if not folder else root.resolve()
+    if not dry_run:
+        private_dir(sub.folder)
     threads = None
     if executor == "local":
-        parallel = parallel or _default_parallel(todo.submit, params)
-        threads = max(1, (os.cpu_count() or 1) // parallel)
-        if not dry_run:
-            _prepare_token_caches(todo.submit, say)
+        threads = max(1, (os.cpu_count() or 1) // (parallel or _default_parallel(todo.submit, params)))
     jobs = {c.key: TrainJob(c, None if dry_run else run_ids[c.key], None if dry_run else uri,
                             cwd, eval_spec, threads) for c in todo.submit}
+    return sub, jobs, run_ids, store
 
-    if executor == "slurm":
-        _submit_slurm(sub, sweep, jobs, todo.submit, params, dry_run, say)
-        if not dry_run:
-            for key, job_id in sub.job_ids.items():
-                store.set_tags(run_ids[key], job_id=job_id)
-    elif dry_run:
-        pass
-    elif executor == "debug":
-        _run_debug(sub, jobs, say)
-    else:
-        flops = {c.key: f for c, f in zip(todo.submit, _cell_flops(todo.submit))}
-        with Progress(sweep, [c.key for c in cells], uri, say):
-            _run_local(sub, jobs, params, parallel, say, deadline_s=deadline_s, flops=flops)
-    sub.seconds = time.perf_counter() - start
-    return sub
+
+def _slurm_queue(sweep: Sweep, params: Mapping[str, Any], ledger: Path, records: Mapping[str, Any],
+                 store: Any, dry_run: bool) -> Queued | None:
+    """The sweep's active SLURM jobs by key (squeue by job name); a submitter killed between sbatch
+    and MLflow left its job ids in an intent file: recorded now. Refuses when an active job of the
+    sweep cannot be mapped to a key (it might train one of the keys about to be queued)."""
+    name = job_name(sweep, params)
+    rows = sweep_jobs(name)
+    if rows is None:
+        if dry_run:
+            return None
+        raise ConfigError(f"squeue does not answer here; periln submit --executor slurm asks SLURM for "
+                          f"the sweep's jobs ({name}) before it queues any: run it where squeue works")
+    intents = read_intents(ledger) if ledger.is_dir() else {}
+    queued = queued_keys(rows, ledger, intents, records)
+    if queued.unmapped:
+        arrays = sorted({j.split("_")[0] for j in queued.unmapped})
+        raise ConfigError(f"{sweep.path}: SLURM job {', '.join(queued.unmapped[:3])}"
+                          f"{' ...' if len(queued.unmapped) > 3 else ''} named {name} is queued or running "
+                          "but no record says which cells it trains; submitting now could train a cell "
+                          f"twice: wait until it ends, or cancel it (scancel {' '.join(arrays)})")
+    if not dry_run and intents:
+        fold_intents(intents, queued.found, store)
+    return queued
 
 
 def _default_parallel(cells: list[RunConfig], params: Mapping[str, Any]) -> int:
@@ -512,29 +708,48 @@ def _group_by_resources(cells: list[RunConfig], params: Mapping[str, Any], where
 
 
 def _submit_slurm(sub: Submission, sweep: Sweep, jobs: dict[str, TrainJob], cells: list[RunConfig],
-                  params: Mapping[str, Any], dry_run: bool, say) -> None:
-    """One job array per sweep (per distinct resource shape, should cells differ in devices)."""
+                  params: Mapping[str, Any], dry_run: bool, say, ledger: Path) -> list[Path]:
+    """One job array per sweep (per distinct resource shape, should cells differ in devices). Each
+    array's keys go to an intent file before sbatch, and its job ids after, so that a submitter
+    killed in between leaves what it queued (`fold_intents`); the array's --comment names the
+    file, so squeue maps its tasks back to keys (`queued_keys`). Returns the intent files."""
+    intents = []
     folder = sub.folder if not dry_run else Path(tempfile.mkdtemp(prefix="periln-dry-run-"))
     with _no_sbatch() if dry_run else contextlib.nullcontext():
         for res, group in _group_by_resources(cells, params, "profile"):
             ex = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
-            res = {"name": f"periln-{sweep.name}", **res}
+            res = {"name": job_name(sweep, params), **res}
             res.setdefault("slurm_array_parallelism", len(group))
+            stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            tag = f"periln:{_ledger_tag(ledger)}:{stamp}"
+            res["slurm_comment"] = f"{tag} {res['slurm_comment']}" if res.get("slurm_comment") else tag
             try:
                 ex.update_parameters(**res)
             except (ValueError, NameError, AssertionError, TypeError) as err:
                 raise ConfigError(f"profile: submitit rejects the parameters: "
                                   f"{str(err).splitlines()[0]}") from None
+            intent = {"job_name": res["name"], "comment": tag, "folder": str(folder),
+                      "keys": [c.key for c in group],  # in array index order
+                      "run_ids": {c.key: jobs[c.key].run_id for c in group}}
+            path = ledger / f"pending-{stamp}.json"
+            if not dry_run:
+                intents.append(atomic_write_text(path, json.dumps(intent, indent=1)))
             with ex.batch():
                 handles = [ex.submit(jobs[c.key]) for c in group]
+            _test_point("sbatch")
             for cell, job in zip(group, handles):
                 sub.job_ids[cell.key] = "dry-run" if dry_run else job.job_id
+            if not dry_run:
+                intent["job_ids"] = {c.key: sub.job_ids[c.key] for c in group}
+                atomic_write_text(path, json.dumps(intent, indent=1))
+                _test_point("job-ids")
             say(f"submitted {len(group)} cells as SLURM job array "
                 f"{'(dry run)' if dry_run else handles[0].job_id.split('_')[0]}")
     if dry_run:
         scripts = sorted(folder.rglob(".submission_file_*.sh"))
         sub.script = scripts[-1].read_text() if scripts else None
         sub.folder = folder
+    return intents
 
 
 @contextlib.contextmanager
@@ -627,7 +842,7 @@ def run_jobs(jobs: Mapping[str, Any], executor: str, params: Mapping[str, Any], 
     debug in this process, local `parallel` at a time (blocking), slurm one job array with `params`
     (a profile checked by `resources`); returns at once for slurm (then `wait`)."""
     say = progress or (lambda line: None)
-    sub = Submission(plan=Plan(), executor=executor, folder=Path(folder).resolve())
+    sub = Submission(plan=Plan(), executor=executor, folder=private_dir(Path(folder).resolve()))
     if executor == "debug":
         _run_debug(sub, dict(jobs), say)
     elif executor == "local":

@@ -2,6 +2,8 @@
 and local executors against a real MLflow sqlite store, a failing cell, and the paper grid's job
 array in --dry-run."""
 
+import fcntl
+import hashlib
 import json
 import os
 import signal
@@ -16,10 +18,10 @@ import pytest
 import yaml
 
 from models import ConfigError
-from suite import tracking
+from suite import launch, tracking
 from suite.cli import main
 from suite.config import load_run_config
-from suite.launch import alive_here, load_profile, resources, submit
+from suite.launch import alive_here, fold_intents, load_profile, plan, queued_keys, resources, submit
 from suite.sweep import load_sweep
 from suite.train import Interrupted, SaveOnSignal, train
 
@@ -293,3 +295,102 @@ def test_eval_switch_scores_each_finished_run_into_its_record(tmp_path, monkeypa
     again = json.loads((tmp_path / "again.json").read_text())
     assert set(again) == set(swept) and set(again["meta"]) == set(swept["meta"])
     assert again["metrics"] == swept["metrics"]  # the same checkpoint, items and settings
+
+
+# ------------------------------------------------------------------- a key is queued once
+# (the real SLURM side, a killed submitter and two submits at once: tests/test_slurm.py)
+
+def record(key, status, **tags):
+    return tracking.RunRecord(run_id=f"run-{key}", key=key, status=status, tags=tags)
+
+
+def test_squeue_rows_map_back_to_keys_by_intent_file_or_record(tmp_path):
+    ledger = tmp_path / ".submitit"
+    ledger.mkdir()
+    (ledger / "pending-S1.json").write_text(json.dumps({"keys": ["a", "b", "c"], "run_ids": {}}))
+    intents = launch.read_intents(ledger)
+    mine = hashlib.sha1(str(ledger).encode()).hexdigest()[:12]  # the folder's tag in --comment
+    rows = [("41_0", "PENDING", f"periln:{mine}:S1"), ("41_2", "RUNNING", f"periln:{mine}:S1 user text"),
+            ("7", "RUNNING", "(null)"),                 # an older submission: its id is in a record
+            ("55_0", "PENDING", "periln:0123456789ab:S1"),  # the same sweep name in another out_dir
+            ("99", "PENDING", "(null)"),                # nobody knows what it trains
+            ("41_5", "PENDING", f"periln:{mine}:S1")]   # beyond the intent's keys
+    queued = queued_keys(rows, ledger, intents, {"d": record("d", "queued", job_id="7")})
+    assert queued.keys == {"a": "41_0 PENDING", "c": "41_2 RUNNING", "d": "7 RUNNING"}
+    assert queued.found == {"S1": {"a": "41_0", "c": "41_2"}}
+    assert queued.unmapped == ["99", "41_5"]
+
+    (ledger / "pending-S2.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"pending-S2.json: unreadable submission record; if no job of "
+                                          r"this sweep is in the queue \(squeue\), delete it"):
+        launch.read_intents(ledger)
+
+
+def test_folding_records_the_job_ids_a_killed_submitter_left(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.prepare_store(uri)
+    store = tracking.Store(uri)
+    exp = store.experiment_id("t")
+    ids = {k: store.create_run(exp, k, {}, {"executor": "slurm"}) for k in ("a", "b", "c")}
+    ledger = tmp_path / ".submitit"
+    ledger.mkdir()
+    written = {"keys": ["a", "b"], "run_ids": {"a": ids["a"], "b": ids["b"]},
+               "job_ids": {"a": "8_0", "b": "8_1"}}
+    (ledger / "pending-S1.json").write_text(json.dumps(written))  # ids written, MLflow not reached
+    (ledger / "pending-S2.json").write_text(json.dumps({"keys": ["c"], "run_ids": {"c": ids["c"]}}))
+    (ledger / "pending-S3.json").write_text(json.dumps({"keys": ["x"], "run_ids": {}}))  # never queued
+    recorded = fold_intents(launch.read_intents(ledger), {"S2": {"c": "9"}}, store)  # 9: squeue's
+    assert recorded == 3
+    recs = store.runs(exp)
+    assert {k: r.tags.get("job_id") for k, r in recs.items()} == {"a": "8_0", "b": "8_1", "c": "9"}
+    assert list(ledger.iterdir()) == []
+
+
+def test_a_key_with_a_live_job_or_submitter_is_not_planned_again(tmp_path):
+    cells = load_sweep(tiny_sweep(tmp_path, {"seed": [0, 1, 2, 3]})).cells
+    k0, k1, k2, k3 = (c.key for c in cells)
+    host = socket.gethostname()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        recs = {k0: record(k0, "queued", executor="local", host=host, job_id=str(live.pid)),  # a submitter
+                k1: record(k1, "queued", executor="local", host=host, job_id=str(dead.pid)),  # one that died
+                k2: record(k2, "interrupted", executor="slurm", job_id="3_2"),
+                k3: record(k3, "finished", executor="slurm", job_id="3_3")}
+        out = plan(cells, recs, "local", queued={k2: "3_2 PENDING", k3: "3_3 COMPLETING"})
+    finally:
+        live.kill()
+        live.wait()
+    assert [c.key for c in out.submit] == [k1] and out.resume == {k1}
+    assert out.skip == {k0: f"queued (pid {live.pid})", k2: "interrupted (SLURM job 3_2 PENDING)",
+                        k3: "finished"}
+
+
+def test_the_submit_lock_is_held_to_record_the_cells_not_while_they_run(tmp_path, monkeypatch):
+    # one cell that fails at once (no data): the debug executor runs it in this process
+    path = tiny_sweep(tmp_path, {"seed": [0]}, overrides=[
+        {"when": {"seed": 0}, "set": {"data.source": "/nonexistent/corpus.jsonl"}}])
+    sweep = load_sweep(path)
+    ledger = tmp_path / "runs" / "t" / ".submitit"
+    ledger.mkdir(parents=True)
+    ledger.chmod(0o755)  # as an earlier periln left it
+    seen = {}
+
+    def while_cells_run(sub, jobs, say):
+        with open(ledger / "submit.lock") as fh:  # another open file: flock says whether it is held
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                seen["lock"] = "free"
+            except BlockingIOError:
+                seen["lock"] = "held"
+        seen["records"] = {k: (r.status, r.tags.get("job_id")) for k, r in records(sweep)[1].items()}
+        return real(sub, jobs, say)
+
+    real = launch._run_debug
+    monkeypatch.setattr(launch, "_run_debug", while_cells_run)
+    sub = submit(sweep, "debug")
+    assert list(sub.errors) == [sweep.keys[0]]
+    assert seen == {"lock": "free", "records": {sweep.keys[0]: ("queued", str(os.getpid()))}}
+    assert sub.folder.parent == ledger
+    assert {oct(d.stat().st_mode & 0o777) for d in (ledger, sub.folder)} == {"0o700"}

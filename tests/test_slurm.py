@@ -1,19 +1,26 @@
 """Against a real single-node SLURM cluster (slurm/start-cluster.sh, started by this module's
 session fixture): a sweep as one job array, resubmission, requeue with exact resume, a 2-process
-DDP run, and 8 jobs writing to one MLflow store. Each test uses its own submitit folder and store."""
+DDP run, 8 jobs writing to one MLflow store, and a key queued once: a submitter killed right after
+sbatch, two submits at once, a sweep job no record names, private pickles. Each test uses its own
+submitit folder and store."""
 
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from models import ConfigError
 from suite import tracking
 from suite.cli import main
-from suite.launch import job_states, submit, wait
+from suite.launch import job_states, ledger_dir, submit, wait
 from suite.sweep import load_sweep
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -163,3 +170,141 @@ def test_eight_jobs_logging_to_one_store_lose_no_metric(slurm_cluster, tmp_path)
         for metric in ("train/loss", "train/grad_norm", "lr-AdamW/pg1"):
             logged = sorted(s for s, _ in store.metric_history(rec.run_id, metric))
             assert logged == list(range(steps)), metric
+
+
+# --------------------------------------------------------------------- a key is queued once
+
+@pytest.fixture
+def held_node(slurm_cluster):
+    """A job on every CPU of the node, so that arrays queued meanwhile stay PENDING (nothing
+    trains); yields a list the test adds its job names to; cancels them and the hold at the end."""
+    cpus = subprocess.run(["sinfo", "--noheader", "--format=%c"], capture_output=True, text=True,
+                          check=True).stdout.split()[0]
+    hold = subprocess.run(["sbatch", "--parsable", f"--cpus-per-task={cpus}", "--job-name=periln-test-hold",
+                           "--wrap", "sleep 600"], capture_output=True, text=True, check=True).stdout.strip()
+    deadline = time.monotonic() + 120
+    while job_states([hold]).get(hold) != "RUNNING":
+        assert time.monotonic() < deadline, "the hold job never started"
+        time.sleep(0.5)
+    names: list[str] = []
+    yield names
+    for name in names:
+        subprocess.run(["scancel", "--name", name], capture_output=True)
+    subprocess.run(["scancel", hold], capture_output=True)
+
+
+def sweep_tasks(name):
+    """{job id: state} of the sweep's jobs in the queue, one array task a row."""
+    out = subprocess.run(["squeue", "--noheader", "--array", "--name", f"periln-{name}", "--format=%i|%T"],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(line.strip().split("|") for line in out.splitlines() if line.strip())
+
+
+def periln_submit(path, **env):
+    """`periln submit PATH --executor slurm` in its own process."""
+    return subprocess.Popen([sys.executable, "-m", "suite.cli", "submit", str(path), "--executor", "slurm",
+                             "--profile", str(PROFILE)], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+
+
+def pickled_key(ledger, job):
+    """The run key that SLURM job `job` trains, from the pickle submitit wrote for it."""
+    from submitit.core.utils import DelayedSubmission
+
+    (path,) = ledger.rglob(f"{job}_submitted.pkl")
+    return DelayedSubmission.load(path).function.run.key
+
+
+@pytest.mark.parametrize("moment", ["sbatch", "job-ids"])
+def test_a_submitter_killed_right_after_sbatch_leaves_no_key_to_queue_twice(held_node, tmp_path, moment):
+    # killed the moment sbatch answered (the job ids are written nowhere), or once they are in the
+    # intent file but not in MLflow: the resubmission queues nothing and records the first array
+    sweep, path = tiny_sweep(tmp_path, {"seed": [0, 1, 2]}, name=f"kill-{moment}")
+    held_node.append(f"periln-{sweep.name}")
+    proc = periln_submit(path, PERILN_TEST_KILL_AT=moment)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL, err[-2000:]
+    first = sweep_tasks(sweep.name)
+    assert len(first) == 3 and set(first.values()) == {"PENDING"}
+    _, recs = records(sweep)
+    assert {r.status for r in recs.values()} == {"queued"}
+    assert not any(r.tags.get("job_id") in first for r in recs.values())  # MLflow knows no job
+    ledger = ledger_dir(sweep)
+    (intent,) = ledger.glob("pending-*.json")
+    assert ("job_ids" in json.loads(intent.read_text())) == (moment == "job-ids")
+
+    again = submit(sweep, "slurm", PROFILE)
+    assert again.plan.submit == [] and again.job_ids == {}
+    assert sorted(again.plan.skip) == sorted(sweep.keys)
+    assert all(why.startswith("queued (SLURM job ") and why.endswith(" PENDING)")
+               for why in again.plan.skip.values())
+    assert sweep_tasks(sweep.name) == first  # one job per key: the first array's
+    _, recs = records(sweep)
+    assert {key: r.tags["job_id"] for key, r in recs.items()} == {pickled_key(ledger, j): j for j in first}
+    assert not list(ledger.glob("pending-*.json"))  # recorded: the intent file is gone
+    assert submit(sweep, "slurm", PROFILE).plan.submit == []  # and stays so
+
+
+def test_two_submits_of_one_sweep_at_once_queue_each_key_once(held_node, tmp_path):
+    sweep, path = tiny_sweep(tmp_path, {"seed": [0, 1, 2]}, name="race")
+    held_node.append(f"periln-{sweep.name}")
+    # each holds still 8 s between reading the records and recording its cells (a slow store):
+    # without the lock both would read no records and queue every key
+    procs = [periln_submit(path, PERILN_TEST_PAUSE_AT="plan:8") for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    summaries = sorted(next(ln for ln in out.splitlines() if " submitted, " in ln).split(" in ")[0]
+                       for out, _ in outs)
+    assert summaries == ["0 submitted, 3 skipped", "3 submitted, 0 skipped"]
+    tasks = sweep_tasks(sweep.name)
+    assert len(tasks) == 3 and len({j.split("_")[0] for j in tasks}) == 1  # one array, each key once
+    _, recs = records(sweep)
+    assert sorted(r.tags["job_id"] for r in recs.values()) == sorted(tasks)
+
+
+def test_an_active_job_of_the_sweep_that_no_record_names_is_refused(held_node, tmp_path, capsys):
+    sweep, path = tiny_sweep(tmp_path, {"seed": [0, 1]}, name="stranger")
+    held_node.append(f"periln-{sweep.name}")
+    job = subprocess.run(["sbatch", "--parsable", f"--job-name=periln-{sweep.name}", "--wrap", "sleep 600"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    with pytest.raises(ConfigError, match=rf"SLURM job {job} named periln-stranger is queued or running but "
+                       rf"no record says which cells it trains; .* wait until it ends, or cancel it "
+                       rf"\(scancel {job}\)$"):
+        submit(sweep, "slurm", PROFILE)
+    assert main(["submit", str(path), "--executor", "slurm", "--profile", str(PROFILE)]) == 2
+    err = capsys.readouterr().err  # MLflow's own INFO lines aside: one line
+    assert [ln for ln in err.splitlines() if ln.startswith("periln:")] == [
+        f"periln: error: {path}: SLURM job {job} named periln-stranger is queued or running but no record "
+        "says which cells it trains; submitting now could train a cell twice: wait until it ends, or "
+        f"cancel it (scancel {job})"] and "Traceback" not in err
+    assert sweep_tasks(sweep.name) == {job: "PENDING"}  # nothing queued beside it
+    assert records(sweep)[1] == {}  # nor recorded
+
+
+def test_submitit_pickles_are_private_to_the_submitting_user(held_node):
+    # out_dir under a folder every user can enter (pytest's tmp_path is private already), and a
+    # readable control file in it: only the .submitit folder stands between others and the pickles
+    public = Path(tempfile.mkdtemp(prefix="periln-perm-"))
+    try:
+        public.chmod(0o755)
+        sweep, _ = tiny_sweep(public, {"seed": [0, 1]}, name="private")
+        held_node.append(f"periln-{sweep.name}")
+        submit(sweep, "slurm", PROFILE)
+        ledger = ledger_dir(sweep)
+        pickles = list(ledger.rglob("*_submitted.pkl"))
+        assert len(pickles) == 2
+        folders = {ledger, *(p.parent.parent for p in pickles)}  # .submitit and the submission folder
+        assert {f.stat().st_mode & 0o777 for f in folders} == {0o700}
+        control = public / "private.yaml"  # the sweep file
+        control.chmod(0o644)
+
+        def read_as_nobody(path):
+            return subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(path)], capture_output=True)
+
+        assert read_as_nobody(control).returncode == 0
+        for pkl in pickles:
+            denied = read_as_nobody(pkl)
+            assert denied.returncode != 0 and b"Permission denied" in denied.stderr
+    finally:
+        subprocess.run(["scancel", "--name", "periln-private"], capture_output=True)
+        shutil.rmtree(public, ignore_errors=True)
