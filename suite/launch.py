@@ -226,9 +226,12 @@ class TrainJob(submitit.helpers.Checkpointable):
                 _quietly(store.set_status, self.run_id, "failed", error=line[:1000])
             raise
         if store and rank == 0:
+            # set_aside: unreadable checkpoints this attempt moved aside (suite.train.resume_point)
             store.set_status(self.run_id, result.get("status", "finished"), step=result.get("step"),
                              checkpoint=str(last), diverged_step=result.get("diverged_step"),
-                             unigram_ce=result.get("unigram_ce"))
+                             unigram_ce=result.get("unigram_ce"), config_sha=result.get("config_sha"),
+                             set_aside=" | ".join(result.get("set_aside", [])) or None,
+                             resumed_from=result.get("resumed_from"))
         return result
 
     def _evaluate(self, cfg: RunConfig, last: Path) -> dict[str, Any]:

@@ -62,3 +62,32 @@ def test_a_save_on_sigterm_replaces_the_link_and_leaves_the_periodic_checkpoint(
     # the same run resumes from it and links last.ckpt again at its final checkpoint step
     assert train(cfg)["step"] == 30
     assert last.is_symlink() and os.readlink(last) == "step30.ckpt" and _step_in(last) == 30
+
+
+def test_an_unreadable_last_checkpoint_is_moved_aside_and_the_run_resumes_from_the_newest_readable(
+        tmp_path, run_overrides, capsys):
+    cfg = load_run_config(None, run_overrides + ["train.max_steps=20", "train.ckpt_every=10",
+                                                 "train.val_every=10"])
+    try:
+        with pytest.raises(Interrupted):
+            train(cfg, [_SigtermAt(14)])
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    ckpts = cfg.run_dir / "checkpoints"
+    last = ckpts / "last.ckpt"
+    whole = last.read_bytes()
+    last.write_bytes(whole[: len(whole) // 2])  # a save cut short (disk full, node lost)
+    capsys.readouterr()
+    result = train(cfg)
+    err = capsys.readouterr().err
+    assert result["step"] == 20 and result["resumed_from"] == str(ckpts / "step10.ckpt")
+    assert (ckpts / "last.ckpt.unreadable").read_bytes() == whole[: len(whole) // 2]  # kept, not deleted
+    assert len(result["set_aside"]) == 1 and "moved aside to last.ckpt.unreadable" in result["set_aside"][0]
+    assert "unreadable checkpoint" in err and "resuming from step10.ckpt" in err
+    # garbage and nothing else: the run starts over, and says so
+    other = load_run_config(None, run_overrides + ["train.max_steps=4", f"out_dir={tmp_path / 'g'}"])
+    (other.run_dir / "checkpoints").mkdir(parents=True)
+    (other.run_dir / "checkpoints" / "last.ckpt").write_bytes(b"garbage")
+    result = train(other)
+    assert result["step"] == 4 and "resumed_from" not in result
+    assert "resuming from the start" in capsys.readouterr().err
