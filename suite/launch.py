@@ -545,6 +545,7 @@ def submit(sweep: Sweep, executor: str = "local", profile: str | Path | None = N
     cells = sweep.select(only)
     params = preflight(sweep, cells, executor, profile)  # before anything is recorded
     uri = tracking.store_uri(sweep.out_dir, tracking_uri)
+    tracking.check_store(uri)  # an unusable store fails before the lock file is made
     start = time.perf_counter()
     ledger = ledger_dir(sweep)
     with contextlib.ExitStack() as held:
