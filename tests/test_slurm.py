@@ -255,7 +255,8 @@ def test_two_submits_of_one_sweep_at_once_queue_each_key_once(held_node, tmp_pat
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
     summaries = sorted(next(ln for ln in out.splitlines() if " submitted, " in ln).split(" in ")[0]
                        for out, _ in outs)
-    assert summaries == ["0 submitted, 3 skipped", "3 submitted, 0 skipped"]
+    assert summaries == ["0 submitted, 0 already finished, 3 skipped",
+                         "3 submitted, 0 already finished, 0 skipped"]
     tasks = sweep_tasks(sweep.name)
     assert len(tasks) == 3 and len({j.split("_")[0] for j in tasks}) == 1  # one array, each key once
     _, recs = records(sweep)
