@@ -163,7 +163,7 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         import torch
 
-        from suite.train import SaveOnSignal, train
+        from suite.train import SIGNAL_CKPT, SaveOnSignal, train
 
         os.chdir(self.cwd)
         threads = self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or None
@@ -183,14 +183,14 @@ class TrainJob(submitit.helpers.Checkpointable):
         if store and rank == 0:
             store.set_status(self.run_id, "running", host=socket.gethostname(), job_id=slurm_job_id()
                              or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or str(os.getpid()),
-                             checkpoint=str(last), resumed=last.is_file(),
+                             checkpoint=str(last), resumed=any(last.parent.glob("*.ckpt")),
                              restarts=os.environ.get("SLURM_RESTART_COUNT", "0"),
                              torch=torch.__version__, hardware=_hardware(torch))
             import yaml
 
             store.log_text(self.run_id, yaml.safe_dump(resolve_budget(cfg).to_dict(), sort_keys=False),
                            "config.yaml")
-        saver = SaveOnSignal(last)
+        saver = SaveOnSignal(last.parent / SIGNAL_CKPT)
         saver.install()
         plugins = []
         if on_slurm:

@@ -160,21 +160,27 @@ class Interrupted(SystemExit):
     same command, or the job's requeue, resumes it. Exits non-zero."""
 
     def __init__(self, step: int | None) -> None:
-        super().__init__(f"stopped at step {step} on a signal; last.ckpt saved" if step is not None
+        super().__init__(f"stopped at step {step} on a signal; checkpoint saved" if step is not None
                          else "stopped on a signal before a step ended; nothing saved")
         self.step = step
 
 
+# The checkpoint a signal saves: a name of its own, since ModelCheckpoint(save_last="link") points
+# last.ckpt back at its own newest step<N>.ckpt at every validation end, and would hide it there
+SIGNAL_CKPT = "interrupted.ckpt"
+
+
 class SaveOnSignal(Callback):
     """At the first step boundary after SIGTERM (Lightning notes it) or submitit's USR2 (deferred
-    here), save last.ckpt, then stop once that step's metrics are logged: on SIGTERM Lightning
+    here), save `path` (checkpoints/interrupted.ckpt), then stop once that step's metrics are
+    logged (the resume takes the newest checkpoint: resume_point): on SIGTERM Lightning
     raises SIGTERMException itself (SLURM already requeues or cancels the job); on USR2 this hands
     over to submitit's handler (checkpoint(), requeue, exit) at the start of the next batch.
     Saving in on_train_batch_end, where ModelCheckpoint saves, keeps the resume exact; under DDP
     every rank agrees on the step through one all-reduce of the flag per step."""
 
-    def __init__(self, last: Path) -> None:
-        self.last = last
+    def __init__(self, path: Path) -> None:
+        self.path = path
         self.usr_signal: tuple[int, Any] | None = None
         self.submitit_handler: Any = None
         self.training = False
@@ -206,7 +212,7 @@ class SaveOnSignal(Callback):
         if trainer.world_size > 1:
             flag = trainer.strategy.reduce_boolean_decision(flag, all=False)
         if flag:
-            save_last(trainer, self.last)
+            trainer.save_checkpoint(self.path)
             self.saved_step = trainer.global_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -276,14 +282,15 @@ def check_same_run(cfg: RunConfig) -> None:
                           "sweep=NAME or out_dir=DIR), or restore the recorded settings")
 
 
-def readable_checkpoint(path: Path) -> str | None:
-    """None when `path` loads as a checkpoint of tensors and plain data, else why not."""
+def checkpoint_step(path: Path) -> tuple[int | None, str | None]:
+    """(the training step `path` was saved at, None) when it loads as a checkpoint of tensors and
+    plain data, else (None, why not)."""
     try:  # mmap: the check reads the archive's index, not the weights
-        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return None
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(data.get("global_step", 0)), None
     except Exception as err:
         text = str(err).strip().splitlines()
-        return f"{type(err).__name__}: {text[0][:160] if text else ''}"
+        return None, f"{type(err).__name__}: {text[0][:160] if text else ''}"
 
 
 def _set_aside(path: Path) -> Path:
@@ -298,35 +305,41 @@ def _set_aside(path: Path) -> Path:
 
 
 def resume_point(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
-    """The newest readable checkpoint of a run (last.ckpt, else the highest step<N>.ckpt) and one
-    line per unreadable one, which is moved aside (a truncated or garbage file would otherwise fail
-    every resubmission)."""
+    """The newest readable checkpoint of a run (by the step it holds: last.ckpt, interrupted.ckpt
+    or a step<N>.ckpt; ties go to last.ckpt) and one line per unreadable one, which is moved aside
+    (a truncated or garbage file would otherwise fail every resubmission)."""
     notes: list[str] = []
     last = ckpt_dir / "last.ckpt"
     steps = sorted(ckpt_dir.glob("step*.ckpt"),
                    key=lambda p: int(p.stem[4:]) if p.stem[4:].isdigit() else -1, reverse=True)
-    for path in [last, *steps]:
-        if path == last and last.is_symlink():
-            target = last.resolve()
-            if target.is_file() and readable_checkpoint(target) is None:
-                return last, notes
-            last.unlink()  # a link, not data: the file it names is handled as step<N>.ckpt
+    best: tuple[int, Path | None] = (-1, None)
+    seen: set[Path] = set()
+    for path in [last, ckpt_dir / SIGNAL_CKPT, *steps]:
+        real = path.resolve() if path.is_symlink() else path
+        if not real.is_file():
+            if path.is_symlink():
+                path.unlink()  # a link to nothing: not data
             continue
-        if not path.is_file():
+        if real in seen:
             continue
-        why = readable_checkpoint(path)
-        if why is None:
-            return path, notes
-        notes.append(f"{path}: unreadable checkpoint ({why}); moved aside to {_set_aside(path).name}")
-    return None, notes
+        seen.add(real)
+        step, why = checkpoint_step(real)
+        if why is not None:
+            notes.append(f"{real}: unreadable checkpoint ({why}); moved aside to {_set_aside(real).name}")
+            if path.is_symlink():
+                path.unlink()
+            continue
+        if step > best[0]:
+            best = (step, path)
+    return best[1], notes
 
 
 def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
           plugins: list[Any] = (), data: TokenData | None = None) -> dict[str, Any]:
     """Train (or resume) one run in this process; returns its summary (also in result.json).
     `data`: another data module of the same interface (periln bench: random tokens).
-    On SIGTERM (or submitit's USR2) last.ckpt is saved at the next step boundary, result.json says
-    `interrupted`, and Interrupted (a non-zero exit) is raised."""
+    On SIGTERM (or submitit's USR2) checkpoints/interrupted.ckpt is saved at the next step boundary,
+    result.json says `interrupted`, and Interrupted (a non-zero exit) is raised."""
     cfg = resolve_budget(cfg)
     ended = finished_result(cfg)  # checks the settings against the run directory's first
     if ended is not None:  # nothing to do; re-fitting would rewrite result.json without metrics
@@ -361,7 +374,7 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
         callbacks = [*callbacks, diag]
     saver = next((c for c in callbacks if isinstance(c, SaveOnSignal)), None)
     if saver is None:
-        saver = SaveOnSignal(last)
+        saver = SaveOnSignal(ckpt_dir / SIGNAL_CKPT)
         callbacks = [*callbacks, saver]
     trainer = L.Trainer(
         default_root_dir=run_dir, logger=logger,
@@ -376,7 +389,7 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
         trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
     except SystemExit as err:  # Lightning's SIGTERMException, or submitit's exit after USR2
         result = dict(key=cfg.key, status=INTERRUPTED, step=saver.saved_step,
-                      checkpoint=str(last) if saver.saved_step is not None else None,
+                      checkpoint=str(saver.path) if saver.saved_step is not None else None,
                       config_sha=settings_sha(run_settings(cfg)))
         if trainer.global_rank == 0:
             atomic_write_text(run_dir / "result.json", json.dumps(result, indent=1))
@@ -395,6 +408,8 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
     this_step = (ckpt_dir / f"step{trainer.global_step}.ckpt").resolve()  # `filename`'s name for it
     if Path(checkpoint.best_model_path or "").resolve() != this_step:
         save_last(trainer, last)
+    if trainer.is_global_zero:  # an earlier attempt's: older than the final state, never resumed
+        (ckpt_dir / SIGNAL_CKPT).unlink(missing_ok=True)
     # a run that ends no better than the token frequencies failed to learn (suite/outcome.py);
     # the train loss stands in when the run recorded no validation loss
     unigram = getattr(data, "unigram_ce", None)

@@ -47,7 +47,7 @@ class _SigtermAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def test_a_save_on_sigterm_replaces_the_link_and_leaves_the_periodic_checkpoint(tmp_path, run_overrides):
+def test_a_save_on_sigterm_leaves_the_link_and_the_periodic_checkpoint(tmp_path, run_overrides):
     cfg = load_run_config(None, run_overrides + ["train.max_steps=30", "train.ckpt_every=10",
                                                  "train.val_every=10"])
     try:
@@ -56,11 +56,12 @@ def test_a_save_on_sigterm_replaces_the_link_and_leaves_the_periodic_checkpoint(
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     ckpts = cfg.run_dir / "checkpoints"
-    last = ckpts / "last.ckpt"
-    assert not last.is_symlink() and _step_in(last) == 15  # the step the signal arrived in
-    assert _step_in(ckpts / "step10.ckpt") == 10  # not overwritten through the link
-    # the same run resumes from it and links last.ckpt again at its final checkpoint step
-    assert train(cfg)["step"] == 30
+    last, saved = ckpts / "last.ckpt", ckpts / "interrupted.ckpt"
+    assert _step_in(saved) == 15  # the step the signal arrived in
+    assert os.readlink(last) == "step10.ckpt" and _step_in(ckpts / "step10.ckpt") == 10  # untouched
+    # the same run resumes from the newest (step 15) and links last.ckpt again at its final step
+    result = train(cfg)
+    assert result["step"] == 30 and result["resumed_from"] == str(saved) and not saved.exists()
     assert last.is_symlink() and os.readlink(last) == "step30.ckpt" and _step_in(last) == 30
 
 
@@ -74,16 +75,17 @@ def test_an_unreadable_last_checkpoint_is_moved_aside_and_the_run_resumes_from_t
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     ckpts = cfg.run_dir / "checkpoints"
-    last = ckpts / "last.ckpt"
-    whole = last.read_bytes()
-    last.write_bytes(whole[: len(whole) // 2])  # a save cut short (disk full, node lost)
+    saved = ckpts / "interrupted.ckpt"  # step 15, the newest
+    whole = saved.read_bytes()
+    saved.write_bytes(whole[: len(whole) // 2])  # a save cut short (disk full, node lost)
     capsys.readouterr()
     result = train(cfg)
     err = capsys.readouterr().err
-    assert result["step"] == 20 and result["resumed_from"] == str(ckpts / "step10.ckpt")
-    assert (ckpts / "last.ckpt.unreadable").read_bytes() == whole[: len(whole) // 2]  # kept, not deleted
-    assert len(result["set_aside"]) == 1 and "moved aside to last.ckpt.unreadable" in result["set_aside"][0]
-    assert "unreadable checkpoint" in err and "resuming from step10.ckpt" in err
+    assert result["step"] == 20 and result["resumed_from"] == str(ckpts / "last.ckpt")  # -> step10
+    kept = ckpts / "interrupted.ckpt.unreadable"
+    assert kept.read_bytes() == whole[: len(whole) // 2]  # kept, not deleted
+    assert len(result["set_aside"]) == 1 and f"moved aside to {kept.name}" in result["set_aside"][0]
+    assert "unreadable checkpoint" in err and "resuming from last.ckpt" in err
     # garbage and nothing else: the run starts over, and says so
     other = load_run_config(None, run_overrides + ["train.max_steps=4", f"out_dir={tmp_path / 'g'}"])
     (other.run_dir / "checkpoints").mkdir(parents=True)

@@ -106,16 +106,19 @@ class Losses(L.Callback):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2])
 def test_signal_saves_at_the_step_boundary_and_resume_is_exact(tmp_path, run_overrides, sig):
-    common = run_overrides + ["train.max_steps=24", "train.ckpt_every=1000", "train.log_every=4", "lr=3e-3"]
+    # periodic checkpoints at steps 4 and 8, a validation right after the step the signal stops at:
+    # ModelCheckpoint(save_last="link") points last.ckpt back at step8.ckpt at that validation's end
+    common = run_overrides + ["train.max_steps=24", "train.ckpt_every=4", "train.val_every=10",
+                              "train.val_batches=1", "train.log_every=4", "lr=3e-3"]
     straight = Losses()
     train(load_run_config(None, common + [f"out_dir={tmp_path / 'a'}"]), [straight])
 
     cfg = load_run_config(None, common + [f"out_dir={tmp_path / 'b'}"])
-    last = cfg.run_dir / "checkpoints" / "last.ckpt"
+    saved = cfg.run_dir / "checkpoints" / "interrupted.ckpt"
     handed_over = []  # stands in for submitit's USR2 handler (checkpoint(), requeue, exit)
     previous = signal.signal(signal.SIGUSR2, lambda signum, frame: handed_over.append(signum))
     try:
-        saver = SaveOnSignal(last)
+        saver = SaveOnSignal(saved)
         saver.install()
         with pytest.raises(SystemExit) as info:
             train(cfg, [saver, SendSignal(9, sig)])
@@ -123,13 +126,14 @@ def test_signal_saves_at_the_step_boundary_and_resume_is_exact(tmp_path, run_ove
         signal.signal(signal.SIGUSR2, previous)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     assert isinstance(info.value, Interrupted) and info.value.code  # a non-zero exit
-    assert saver.saved_step == 10 and last.is_file()  # the step the signal arrived in, completed
+    assert saver.saved_step == 10 and saved.is_file()  # the step the signal arrived in, completed
     recorded = json.loads((cfg.run_dir / "result.json").read_text())
     assert (recorded["status"], recorded["step"]) == ("interrupted", 10)
     assert handed_over == ([signal.SIGUSR2] if sig == signal.SIGUSR2 else [])
     resumed = Losses()
     result = train(cfg, [resumed])
-    assert min(resumed.by_step) == 11 and result["step"] == 24  # no periodic checkpoint existed
+    assert min(resumed.by_step) == 11 and result["step"] == 24  # from step 10, not step8.ckpt
+    assert result["resumed_from"] == str(saved) and not saved.exists()  # done with it
     assert all(resumed.by_step[s] == straight.by_step[s] for s in resumed.by_step)  # bit-identical
 
 
