@@ -232,8 +232,12 @@ def run_settings(cfg: RunConfig) -> dict[str, str]:
 
 def settings_sha(settings: Mapping[str, str]) -> str:
     """A short hash of run settings, recorded with the run (result.json, the MLflow tag config_sha)."""
-    text = json.dumps(dict(sorted(settings.items())), sort_keys=True)
+    text = json.dumps(dict(settings), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# sections that write only what a run sets (suite.config._plain): a key only one side has is a change
+SET_ONLY = ("model.", "placement_args.")
 
 
 def setting_changes(recorded: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
@@ -247,9 +251,6 @@ def setting_changes(recorded: Mapping[str, str], now: Mapping[str, str]) -> list
         if k in recorded and k in now or k.startswith(SET_ONLY):
             lines.append(f"{k}: recorded {recorded.get(k, 'unset')!r}, now {now.get(k, 'unset')!r}")
     return lines
-
-
-SET_ONLY = ("model.", "placement_args.")
 
 
 def fmt_value(v: Any) -> str:

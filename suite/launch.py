@@ -75,9 +75,7 @@ def load_profile(path: str | Path | None) -> dict[str, Any]:
     `slurm_` (AutoExecutor's convention)."""
     if path is None:
         return {}
-    data = read_yaml(path)
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: expected a mapping of submitit parameters")
+    data = read_yaml(path, mapping=True)
     problems, out = [], {}
     for key, value in data.items():
         name = str(key).removeprefix("slurm_")

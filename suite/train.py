@@ -17,6 +17,7 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from models import ConfigError, build_model
 from models.loss import linear_cross_entropy
@@ -156,8 +157,8 @@ class Throughput(Callback):
 
 
 class Interrupted(SystemExit):
-    """Training stopped on a signal (after saving last.ckpt at `step`, when a step had ended); the
-    same command, or the job's requeue, resumes it. Exits non-zero."""
+    """Training stopped on a signal (after saving interrupted.ckpt at `step`, when a step had
+    ended); the same command, or the job's requeue, resumes it. Exits non-zero."""
 
     def __init__(self, step: int | None) -> None:
         super().__init__(f"stopped at step {step} on a signal; checkpoint saved" if step is not None
@@ -294,13 +295,17 @@ def checkpoint_step(path: Path) -> tuple[int | None, str | None]:
 
 
 def _set_aside(path: Path) -> Path:
-    """`path` renamed beside itself (<name>.unreadable[.N]): never deleted, out of the resume's way."""
+    """`path` renamed beside itself (<name>.unreadable[.N]): never deleted, out of the resume's way.
+    Under DDP every rank looks: one that finds the file already moved by another names the same."""
     target = path.with_name(path.name + ".unreadable")
     n = 1
     while target.exists():
         target = path.with_name(f"{path.name}.unreadable.{n}")
         n += 1
-    path.rename(target)
+    try:
+        path.rename(target)
+    except FileNotFoundError:
+        return path.with_name(path.name + ".unreadable")
     return target
 
 
@@ -318,7 +323,7 @@ def resume_point(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
         real = path.resolve() if path.is_symlink() else path
         if not real.is_file():
             if path.is_symlink():
-                path.unlink()  # a link to nothing: not data
+                path.unlink(missing_ok=True)  # a link to nothing: not data
             continue
         if real in seen:
             continue
@@ -327,7 +332,7 @@ def resume_point(ckpt_dir: Path) -> tuple[Path | None, list[str]]:
         if why is not None:
             notes.append(f"{real}: unreadable checkpoint ({why}); moved aside to {_set_aside(real).name}")
             if path.is_symlink():
-                path.unlink()
+                path.unlink(missing_ok=True)
             continue
         if step > best[0]:
             best = (step, path)
@@ -385,15 +390,16 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
     start = time.perf_counter()
     # weights_only: a checkpoint is tensors and plain data (LitLM's hyperparameters are a dict), so
     # loading one never unpickles code
+    sha = settings_sha(run_settings(cfg))
     try:
         trainer.fit(lit, datamodule=data, ckpt_path=str(resume) if resume else None, weights_only=True)
-    except SystemExit as err:  # Lightning's SIGTERMException, or submitit's exit after USR2
+    except SystemExit as err:  # Lightning's SIGTERMException, ours, or submitit's exit after USR2
         result = dict(key=cfg.key, status=INTERRUPTED, step=saver.saved_step,
                       checkpoint=str(saver.path) if saver.saved_step is not None else None,
-                      config_sha=settings_sha(run_settings(cfg)))
+                      config_sha=sha)
         if trainer.global_rank == 0:
             atomic_write_text(run_dir / "result.json", json.dumps(result, indent=1))
-        if isinstance(err, Interrupted) or type(err).__name__ != "SIGTERMException":
+        if not isinstance(err, SIGTERMException):
             raise
         raise Interrupted(saver.saved_step) from None
     ended_by = diag.result_fields() if diag is not None else {}
@@ -421,7 +427,7 @@ def train(cfg: RunConfig, callbacks: list[Callback] = (), logger: Any = None,
                   checkpoint=str(last),
                   seconds=round(time.perf_counter() - start, 2),
                   tokens_per_s=metrics.get("train/tokens_per_s"),
-                  config_sha=settings_sha(run_settings(cfg)))
+                  config_sha=sha)
     if notes:
         result["set_aside"] = notes
     if resume is not None:
