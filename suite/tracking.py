@@ -9,13 +9,15 @@ run config, flattened (`train.max_steps`, ...); metrics: whatever the trainer lo
 written in batches by a background thread (MlflowMetrics); artifacts: the resolved config
 (config.yaml) and, after a failure, the traceback (error.txt).
 
-How it reads in the MLflow UI: the experiment is tagged as classic model development
-(`mlflow.experimentKind` = `custom_model_development`, the value MLflow 3's UI uses), so it opens on
-the runs table, not the GenAI overview; `runs_url` is the address of that table (the UI routes with
-a hash: `<ui>/#/experiments/<id>/runs`). Each run also gets MLflow's own system metrics
-(`system/cpu_utilization_percentage`, memory, disk, network; GPU utilisation and memory when
-`nvidia-ml-py` (pynvml) is installed) every `SYSTEM_EVERY_S` seconds while it trains, when psutil is
-installed and MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is not false.
+How it reads in the MLflow UI: `runs_url` is the address of the sweep's runs table (the UI routes
+with a hash: `<ui>/#/experiments/<id>/runs`), printed by submit and mlflow-ui. The experiment is
+also tagged as classic model development (`mlflow.experimentKind` = `custom_model_development`);
+checked in MLflow 3.17.2, that does not change where the bare experiment address opens in a fresh
+browser (the GenAI overview: the UI's GenAI / Model training switch is a browser setting).
+Each run also gets MLflow's own system metrics (`system/cpu_utilization_percentage`, memory, disk,
+network; GPU utilisation and memory when `nvidia-ml-py` (pynvml) is installed) every
+`SYSTEM_EVERY_S` seconds while it trains, when psutil is installed and
+MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING is not false.
 
 Metric names and the UI's chart sections: the UI groups charts by the name before its last "/" and
 sorts the sections alphabetically, so `diag/...` (the probes) comes before `train` (train/loss,
@@ -72,8 +74,8 @@ _MLFLOW_STATUS = {"queued": "SCHEDULED", "running": "RUNNING", "interrupted": "K
 # MLflow's limits per log_batch call (mlflow.utils.validation)
 _BATCH_METRICS, _BATCH_PARAMS, _BATCH_TAGS = 1000, 100, 100
 _TAG_MAX = 5000
-# MLflow 3's UI opens an experiment without this tag on the GenAI overview; this value (its
-# ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, "Machine learning") opens the runs table
+# the experiment's kind in MLflow 3 (ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, "Machine learning");
+# the address that surely opens the runs table is runs_url's (module docstring)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 SYSTEM_PREFIX = "system/"  # MLflow's system metrics (mlflow.system_metrics)
 SYSTEM_EVERY_S = 10.0  # seconds between system-metric samples (MLflow's default; ours to keep it)
